@@ -1,0 +1,7 @@
+"""Fixtures shared by the tiers live in tests/fixtures/, one module per concern."""
+
+pytest_plugins = [
+    "tests.fixtures.cluster",
+    "tests.fixtures.postgres",
+    "tests.fixtures.chart",
+]
