@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Runs the test tiers one after another and prints, per tier, how many tests
+# ran, passed, failed and skipped. Exits non-zero if any tier failed, or if a
+# tier that must run here collected nothing.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTEST="$REPO/.venv/bin/pytest"
+REPORTS="$REPO/test-reports"
+ALL_TIERS=(chart datastore cluster e2e)
+
+usage() {
+  cat <<USAGE
+Usage: hack/run-tests.sh [TIER ...] [-- PYTEST-ARGS]
+
+Tiers: ${ALL_TIERS[*]} (default: all). Each runs as 'pytest -m TIER tests/TIER'
+and writes test-reports/TIER.xml. The e2e tier skips itself, with its reason,
+where no container engine runs; no other tier may skip here.
+Needs: make setup.
+USAGE
+}
+
+# Prints "tests failures errors skipped" summed over a JUnit XML report.
+junit_counts() {
+  "$REPO/.venv/bin/python" - "$1" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+
+root = ET.parse(sys.argv[1]).getroot()
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+totals = [sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")]
+print(*totals)
+PY
+}
+
+run_tier() {
+  local tier=$1; shift
+  local report="$REPORTS/$tier.xml" rc=0 start=$SECONDS
+  printf '\n==> tier %s\n' "$tier"
+  "$PYTEST" -m "$tier" "$REPO/tests/$tier" --junitxml="$report" "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then
+    echo "tier $tier collected no tests" >&2
+    SUMMARY+=("$(printf '%-10s no tests collected (FAILED)' "$tier")")
+    return 1
+  fi
+  local tests failures errors skipped
+  read -r tests failures errors skipped < <(junit_counts "$report")
+  local passed=$(( tests - failures - errors - skipped ))
+  TOTAL_PASSED=$(( TOTAL_PASSED + passed ))
+  TOTAL_FAILED=$(( TOTAL_FAILED + failures + errors ))
+  TOTAL_SKIPPED=$(( TOTAL_SKIPPED + skipped ))
+  SUMMARY+=("$(printf '%-10s ran %4d  passed %4d  failed %3d  skipped %3d  (%ds)' \
+    "$tier" "$tests" "$passed" "$(( failures + errors ))" "$skipped" "$(( SECONDS - start ))")")
+  return "$rc"
+}
+
+main() {
+  local tiers=() pytest_args=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      -h|--help) usage; exit 0 ;;
+      --) shift; pytest_args=("$@"); break ;;
+      chart|datastore|cluster|e2e) tiers+=("$1") ;;
+      *) echo "run-tests.sh: unknown tier '$1' (expected one of: ${ALL_TIERS[*]})" >&2; exit 2 ;;
+    esac
+    shift
+  done
+  [ "${#tiers[@]}" -gt 0 ] || tiers=("${ALL_TIERS[@]}")
+  [ -x "$PYTEST" ] || { echo "run-tests.sh: $PYTEST not found; run 'make setup' first" >&2; exit 2; }
+  mkdir -p "$REPORTS"
+  SUMMARY=() TOTAL_PASSED=0 TOTAL_FAILED=0 TOTAL_SKIPPED=0
+  local failed_tiers=() tier
+  for tier in "${tiers[@]}"; do
+    run_tier "$tier" "${pytest_args[@]}" || failed_tiers+=("$tier")
+  done
+  printf '\n==> summary\n'
+  printf '%s\n' "${SUMMARY[@]}"
+  [ "${#failed_tiers[@]}" -eq 0 ] || echo "failed tiers: ${failed_tiers[*]}"
+  echo "$TOTAL_PASSED passed, $TOTAL_FAILED failed, $TOTAL_SKIPPED skipped"
+  [ "${#failed_tiers[@]}" -eq 0 ]
+}
+
+main "$@"
