@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# Builds the Go-based tools this repository uses into .bin/, each at a pinned
+# version, from the Go module proxy. Built binaries are kept in a cache outside
+# the checkout, keyed by tool and version, so a fresh clone on the same machine
+# copies them instead of building again.
+set -euo pipefail
+
+ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS_DIR="${ROOT_DIR}/hack/tools"
+BIN_DIR="${NVSENTINEL_BIN_DIR:-${ROOT_DIR}/.bin}"
+CACHE_DIR="${NVSENTINEL_TOOLS_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/nvsentinel-tools}"
+STAMP_DIR="${BIN_DIR}/.versions"
+
+# Versions built by `go install module@version` are pinned here; the others
+# are pinned by the require line of their wrapper module under hack/tools/.
+HELM_VERSION="v4.3.1"
+HELM3_VERSION="v3.22.0"
+KIND_VERSION="v0.30.0"
+
+ALL_TOOLS=(helm helm3 kube-apiserver kube-controller-manager kubectl etcd kind tilt)
+
+usage() {
+	cat <<EOF
+Usage: hack/build-tools.sh [--help] [TOOL...]
+
+Builds the Go tools into .bin/ at pinned versions (all of them when no TOOL is
+named). A tool whose pinned version is already in .bin/ is skipped; one found
+in the build cache is copied instead of being built again.
+
+Tools:
+  helm                     helm.sh/helm/v4 ${HELM_VERSION}
+  helm3                    helm.sh/helm/v3 ${HELM3_VERSION}
+  kube-apiserver           k8s.io/kubernetes $(wrapper_version kubernetes k8s.io/kubernetes) (hack/tools/kubernetes)
+  kube-controller-manager  same module
+  kubectl                  same module
+  etcd                     go.etcd.io/etcd/server/v3 $(wrapper_version etcd go.etcd.io/etcd/server/v3) (hack/tools/etcd)
+  kind                     sigs.k8s.io/kind ${KIND_VERSION}
+  tilt                     github.com/tilt-dev/tilt $(wrapper_version tilt github.com/tilt-dev/tilt) (hack/tools/tilt)
+
+Environment:
+  NVSENTINEL_BIN_DIR       where binaries go (default: .bin/ in the checkout)
+  NVSENTINEL_TOOLS_CACHE   built-binary cache (default: \${XDG_CACHE_HOME:-~/.cache}/nvsentinel-tools)
+
+Builds run one after another; concurrent runs of this script are safe (each
+tool's cache entry is built under a lock and moved into place whole).
+EOF
+}
+
+log() {
+	printf '%s\n' "$*" >&2
+}
+
+die() {
+	log "build-tools: $*"
+	exit 1
+}
+
+# wrapper_version DIR MODULE: the version of MODULE required by hack/tools/DIR/go.mod.
+wrapper_version() {
+	local gomod="${TOOLS_DIR}/$1/go.mod"
+	awk -v mod="$2" '($1 == "require" && $2 == mod) { print $3; exit } ($1 == mod) { print $2; exit }' "${gomod}"
+}
+
+tool_version() {
+	case "$1" in
+		helm) echo "${HELM_VERSION}" ;;
+		helm3) echo "${HELM3_VERSION}" ;;
+		kube-apiserver | kube-controller-manager | kubectl) wrapper_version kubernetes k8s.io/kubernetes ;;
+		etcd) wrapper_version etcd go.etcd.io/etcd/server/v3 ;;
+		kind) echo "${KIND_VERSION}" ;;
+		tilt) wrapper_version tilt github.com/tilt-dev/tilt ;;
+		*) return 1 ;;
+	esac
+}
+
+now() {
+	date +%s.%N
+}
+
+elapsed_since() {
+	awk -v start="$1" -v end="$(now)" 'BEGIN { printf "%.1f", end - start }'
+}
+
+build_date() {
+	date -u +%Y-%m-%dT%H:%M:%SZ
+}
+
+# module_file MODULE@VERSION FIELD [WRAPPER]: a field (Dir, GoMod, Info) of a
+# module downloaded into the module cache; inside a wrapper module its go.sum
+# vouches for the download.
+module_file() {
+	local field="$2" dir="${TOOLS_DIR}"
+	[[ -n "${3:-}" ]] && dir="${TOOLS_DIR}/$3"
+	(cd "${dir}" && go mod download -json "$1") |
+		sed -n "s/^\t\"${field}\": \"\(.*\)\",\{0,1\}$/\1/p"
+}
+
+# origin_commit MODULE@VERSION [WRAPPER]: the VCS commit the module proxy
+# recorded for the version, or "unknown" when the proxy did not record one.
+origin_commit() {
+	local info hash
+	info="$(module_file "$1" Info "${2:-}")"
+	hash="$(sed -n 's/.*"Hash":"\([0-9a-f]\{40\}\)".*/\1/p' "${info}")"
+	echo "${hash:-unknown}"
+}
+
+# go_install_into DIR LDFLAGS PACKAGE@VERSION: `go install` a pinned command into DIR.
+go_install_into() {
+	GOBIN="$1" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-}" go install -trimpath -ldflags "$2" "$3"
+}
+
+# go_build_wrapper WRAPPER OUT LDFLAGS PACKAGE: build PACKAGE in a wrapper module.
+go_build_wrapper() {
+	(cd "${TOOLS_DIR}/$1" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "$3" -o "$2" "$4")
+}
+
+build_helm() {
+	local out="$1" version="$2" ldflags
+	ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=${version}"
+	ldflags+=" -X helm.sh/helm/v4/internal/version.gitCommit=$(origin_commit "helm.sh/helm/v4@${version}")"
+	ldflags+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+	go_install_into "${out}" "${ldflags}" "helm.sh/helm/v4/cmd/helm@${version}"
+}
+
+build_helm3() {
+	local out="$1" version="$2" gomod client_go major minor ldflags
+	# Helm 3's Makefile derives its default Kubernetes version (used for
+	# .Capabilities.KubeVersion and lint) from its client-go requirement.
+	gomod="$(module_file "helm.sh/helm/v3@${version}" GoMod)"
+	client_go="$(awk '$1 == "k8s.io/client-go" { print $2; exit }' "${gomod}")"
+	[[ "${client_go}" =~ ^v0\.([0-9]+)\. ]] || die "cannot read client-go version from ${gomod}"
+	major=1
+	minor="${BASH_REMATCH[1]}"
+	ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=${version}"
+	ldflags+=" -X helm.sh/helm/v3/internal/version.gitCommit=$(origin_commit "helm.sh/helm/v3@${version}")"
+	ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+	ldflags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=${major}"
+	ldflags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${minor}"
+	ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=${major}"
+	ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${minor}"
+	go_install_into "${out}" "${ldflags}" "helm.sh/helm/v3/cmd/helm@${version}"
+	mv "${out}/helm" "${out}/helm3"
+}
+
+build_kubernetes_command() {
+	local tool="$1" out="$2" version="$3" ldflags pkg commit
+	[[ "${version}" =~ ^v([0-9]+)\.([0-9]+)\. ]] || die "unexpected Kubernetes version ${version}"
+	commit="$(origin_commit "k8s.io/kubernetes@${version}" kubernetes)"
+	ldflags="-s -w"
+	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		ldflags+=" -X ${pkg}.gitVersion=${version}"
+		ldflags+=" -X ${pkg}.gitMajor=${BASH_REMATCH[1]}"
+		ldflags+=" -X ${pkg}.gitMinor=${BASH_REMATCH[2]}"
+		ldflags+=" -X ${pkg}.gitCommit=${commit}"
+		ldflags+=" -X ${pkg}.gitTreeState=clean"
+		ldflags+=" -X ${pkg}.buildDate=$(build_date)"
+	done
+	go_build_wrapper kubernetes "${out}/${tool}" "${ldflags}" "k8s.io/kubernetes/cmd/${tool}"
+}
+
+build_etcd() {
+	local out="$1" version="$2" ldflags
+	ldflags="-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$(origin_commit "go.etcd.io/etcd/server/v3@${version}" etcd)"
+	go_build_wrapper etcd "${out}/etcd" "${ldflags}" .
+}
+
+build_kind() {
+	local out="$1" version="$2"
+	go_install_into "${out}" "-s -w" "sigs.k8s.io/kind@${version}"
+}
+
+build_tilt() {
+	local out="$1" version="$2" ldflags
+	# The web UI bundle is not part of the module: tilt then serves no UI
+	# from the binary, but its CLI (up, ci, version, alpha) works.
+	ldflags="-s -w -X main.version=${version#v} -X main.date=$(build_date)"
+	ldflags+=" -X github.com/tilt-dev/tilt/internal/cli.commitSHA=$(origin_commit "github.com/tilt-dev/tilt@${version}" tilt)"
+	go_build_wrapper tilt "${out}/tilt" "${ldflags}" github.com/tilt-dev/tilt/cmd/tilt
+}
+
+# build_into_cache TOOL VERSION: build TOOL into its cache entry unless there.
+build_into_cache() {
+	local tool="$1" version="$2" entry="${CACHE_DIR}/$1-$2" tmp
+	[[ -x "${entry}/${tool}" ]] && return 0
+	tmp="$(mktemp -d "${CACHE_DIR}/.build-${tool}.XXXXXX")"
+	case "${tool}" in
+		helm) build_helm "${tmp}" "${version}" ;;
+		helm3) build_helm3 "${tmp}" "${version}" ;;
+		kube-apiserver | kube-controller-manager | kubectl) build_kubernetes_command "${tool}" "${tmp}" "${version}" ;;
+		etcd) build_etcd "${tmp}" "${version}" ;;
+		kind) build_kind "${tmp}" "${version}" ;;
+		tilt) build_tilt "${tmp}" "${version}" ;;
+	esac
+	[[ -x "${tmp}/${tool}" ]] || die "${tool} ${version}: the build produced no ${tool} binary"
+	rm -rf "${entry}"
+	mv "${tmp}" "${entry}"
+}
+
+# install_from_cache TOOL VERSION: copy the cached binary into .bin/ atomically.
+install_from_cache() {
+	local tool="$1" version="$2"
+	cp "${CACHE_DIR}/${tool}-${version}/${tool}" "${BIN_DIR}/.${tool}.tmp.$$"
+	mv -f "${BIN_DIR}/.${tool}.tmp.$$" "${BIN_DIR}/${tool}"
+	echo "${version}" >"${STAMP_DIR}/${tool}"
+}
+
+ensure_tool() {
+	local tool="$1" version start how
+	version="$(tool_version "${tool}")" || die "unknown tool '${tool}' (see --help)"
+	[[ -n "${version}" ]] || die "no pinned version found for ${tool}"
+	start="$(now)"
+	if [[ -x "${BIN_DIR}/${tool}" && "$(cat "${STAMP_DIR}/${tool}" 2>/dev/null)" == "${version}" ]]; then
+		how="skipped (already in .bin)"
+	else
+		(
+			# One builder per tool at a time, across concurrent runs.
+			exec 9>"${CACHE_DIR}/.${tool}.lock"
+			flock 9
+			if [[ -x "${CACHE_DIR}/${tool}-${version}/${tool}" ]]; then
+				echo cached >"${CACHE_DIR}/.${tool}.how.$$"
+			else
+				log "==> ${tool} ${version}: building"
+				build_into_cache "${tool}" "${version}"
+				echo built >"${CACHE_DIR}/.${tool}.how.$$"
+			fi
+		)
+		how="$(cat "${CACHE_DIR}/.${tool}.how.$$")"
+		rm -f "${CACHE_DIR}/.${tool}.how.$$"
+		install_from_cache "${tool}" "${version}"
+		[[ "${how}" == cached ]] && how="copied from cache"
+	fi
+	log "==> ${tool} ${version}: ${how} in $(elapsed_since "${start}")s"
+}
+
+main() {
+	local tools=() arg tool
+	for arg in "$@"; do
+		case "${arg}" in
+			-h | --help)
+				usage
+				return 0
+				;;
+			-*) die "unknown option ${arg} (see --help)" ;;
+			*) tools+=("${arg}") ;;
+		esac
+	done
+	((${#tools[@]} > 0)) || tools=("${ALL_TOOLS[@]}")
+	for tool in "${tools[@]}"; do
+		tool_version "${tool}" >/dev/null || die "unknown tool '${tool}' (see --help)"
+	done
+	command -v go >/dev/null || die "go is not on PATH"
+	mkdir -p "${BIN_DIR}" "${STAMP_DIR}" "${CACHE_DIR}"
+	for tool in "${tools[@]}"; do
+		ensure_tool "${tool}"
+	done
+}
+
+main "$@"
