@@ -52,16 +52,17 @@ class UpdateResult:
 class WatchOptions:
     """Tuning of a change stream; the defaults suit the services.
 
-    ``poll_interval`` is the longest a stream sleeps between two empty polls (it
-    polls again at once while polls return rows, and sooner when woken);
-    ``batch_size`` is the most changes read per poll; ``reconnect_max_delay``
-    caps the backoff between reconnection attempts after a connection loss.
+    A stream polls again at once while polls return rows; after an empty poll
+    it sleeps ``min_poll_interval``, doubling up to ``poll_interval`` while the
+    polls stay empty. ``batch_size`` is the most changes read per poll;
+    ``reconnect_max_delay`` caps the backoff between reconnection attempts after
+    a connection loss.
     """
 
     poll_interval: float = 0.05
+    min_poll_interval: float = 0.001
     batch_size: int = 500
     reconnect_max_delay: float = 5.0
-    listen: bool = True
 
 
 @runtime_checkable
