@@ -1,0 +1,87 @@
+"""The PostgreSQL test server is configured as the chart configures the real one."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.fixtures.postgres import (
+    APP_GROUP,
+    APP_USER,
+    MIGRATION_USER,
+    PostgresDatabase,
+    PostgresServer,
+)
+
+pytestmark = pytest.mark.datastore
+
+
+def test_app_user_connects_with_its_client_certificate_under_verify_full(
+    postgres_database: PostgresDatabase,
+) -> None:
+    with psycopg.connect(postgres_database.conninfo(APP_USER)) as conn:
+        row = conn.execute(
+            "SELECT current_user, current_database(), ssl, version"
+            " FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        ).fetchone()
+    assert row is not None
+    assert row[0] == APP_USER
+    assert row[1] == postgres_database.name
+    assert row[2] is True
+    assert row[3] in {"TLSv1.2", "TLSv1.3"}
+
+
+def test_server_settings_match_the_chart(postgres_database: PostgresDatabase) -> None:
+    with psycopg.connect(postgres_database.superuser_conninfo()) as conn:
+        settings = {
+            name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+            for name in ("ssl", "ssl_min_protocol_version", "listen_addresses")
+        }
+    assert settings == {
+        "ssl": "on",
+        "ssl_min_protocol_version": "TLSv1.2",
+        "listen_addresses": "127.0.0.1",
+    }
+
+
+def test_bootstrap_roles_and_schema_owner_exist_in_each_database(
+    postgres_database: PostgresDatabase,
+) -> None:
+    with psycopg.connect(postgres_database.superuser_conninfo()) as conn:
+        owner = conn.execute(
+            "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'public'"
+        ).fetchone()
+        member = conn.execute(
+            "SELECT pg_has_role(%s, %s, 'MEMBER')", (APP_USER, APP_GROUP)
+        ).fetchone()
+    assert owner == (MIGRATION_USER,)
+    assert member == (True,)
+
+
+def test_each_test_gets_an_empty_database_of_its_own(
+    postgres_server: PostgresServer, postgres_database: PostgresDatabase
+) -> None:
+    with psycopg.connect(postgres_database.conninfo(MIGRATION_USER)) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone()
+        conn.execute("CREATE TABLE scratch (id int)")
+        conn.commit()
+    assert tables == (0,)
+    other = postgres_server.create_database()
+    try:
+        with psycopg.connect(postgres_server.conninfo(MIGRATION_USER, dbname=other)) as conn:
+            seen = conn.execute("SELECT to_regclass('public.scratch')").fetchone()
+        assert seen == (None,)
+    finally:
+        postgres_server.drop_database(other)
+
+
+def test_server_comes_back_on_the_same_port_after_restart(
+    postgres_server: PostgresServer, postgres_database: PostgresDatabase
+) -> None:
+    port = postgres_server.port
+    postgres_server.restart()
+    with psycopg.connect(postgres_database.conninfo(APP_USER)) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert postgres_server.port == port
