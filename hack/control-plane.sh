@@ -1,0 +1,440 @@
+#!/usr/bin/env bash
+# A local Kubernetes control plane made of processes: etcd, kube-apiserver and
+# kube-controller-manager on 127.0.0.1, with certificates made here and
+# cert-manager's CRDs installed. There is no kubelet, so pods never run.
+set -euo pipefail
+
+ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN_DIR="${NVSENTINEL_BIN_DIR:-${ROOT_DIR}/.bin}"
+STATE_DIR="${NVSENTINEL_CONTROL_PLANE_DIR:-${ROOT_DIR}/.state/control-plane}"
+CERT_MANAGER_VERSION="v1.19.4"
+# The service range is a private range nobody serves here; see --help.
+SERVICE_CIDR="10.0.0.0/24"
+READY_TIMEOUT_SECONDS="${NVSENTINEL_CONTROL_PLANE_TIMEOUT:-90}"
+COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+MARKER=".nvsentinel-control-plane"
+
+usage() {
+	cat <<EOF
+Usage: hack/control-plane.sh up|down|kubeconfig|--help
+
+A local Kubernetes control plane for the cluster test tier: etcd,
+kube-apiserver and kube-controller-manager from .bin/ (hack/build-tools.sh),
+bound to 127.0.0.1 on free ports, with cert-manager ${CERT_MANAGER_VERSION}'s CRDs.
+
+There is no kubelet and no container runtime: objects are accepted and
+controllers (namespaces, garbage collection, service accounts, deployments'
+replica sets) run, but pods are never scheduled or started.
+
+Commands:
+  up          start the control plane (or notice the running one), wait until
+              /readyz answers ok and cert-manager's CRDs are Established, then
+              print 'export KUBECONFIG=...'
+  down        stop every process 'up' started and remove the state directory
+  kubeconfig  print the path of the admin kubeconfig of the running plane
+
+Environment:
+  NVSENTINEL_CONTROL_PLANE_DIR      state directory (default: .state/control-plane)
+  NVSENTINEL_BIN_DIR                where the binaries are (default: .bin)
+  NVSENTINEL_CONTROL_PLANE_TIMEOUT  seconds to wait for readiness (default: 90)
+
+The admin client certificate is in group system:masters. The API server runs
+with RBAC (and Node) authorization, the ServiceAccount admission plugin off,
+service account tokens signed by a key made here, and service cluster IPs from
+${SERVICE_CIDR}. Nothing listens on that range, and nothing must dial it: the
+API server routes webhooks and aggregated APIs to endpoint addresses
+(--enable-aggregator-routing), never to a service IP, and without pods there
+are no endpoint addresses.
+EOF
+}
+
+log() {
+	printf '%s\n' "$*" >&2
+}
+
+die() {
+	log "control-plane: $*"
+	exit 1
+}
+
+now() {
+	date +%s.%N
+}
+
+pki() {
+	echo "${STATE_DIR}/pki/$1"
+}
+
+pid_file() {
+	echo "${STATE_DIR}/pids/$1.pid"
+}
+
+log_file() {
+	echo "${STATE_DIR}/logs/$1.log"
+}
+
+kubeconfig_path() {
+	echo "${STATE_DIR}/kubeconfig"
+}
+
+# component_pid NAME: the pid of a running component started by this state
+# directory, or nothing (a recycled pid running another program is ignored).
+component_pid() {
+	local name="$1" pid
+	[[ -f "$(pid_file "${name}")" ]] || return 0
+	pid="$(cat "$(pid_file "${name}")")"
+	[[ "${pid}" =~ ^[0-9]+$ ]] || return 0
+	if [[ -r "/proc/${pid}/cmdline" ]] && tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -qF -- "${STATE_DIR}/"; then
+		echo "${pid}"
+	fi
+}
+
+require_binaries() {
+	local name
+	for name in etcd kube-apiserver kube-controller-manager kubectl; do
+		[[ -x "${BIN_DIR}/${name}" ]] || die "${BIN_DIR}/${name} is missing; run hack/build-tools.sh"
+	done
+	command -v openssl >/dev/null || die "openssl is not installed"
+	command -v curl >/dev/null || die "curl is not installed"
+	command -v python3 >/dev/null || die "python3 is not installed"
+	command -v go >/dev/null || die "go is not installed (it fetches cert-manager's CRDs)"
+}
+
+# free_ports N: N distinct free TCP ports on 127.0.0.1.
+free_ports() {
+	python3 - "$1" <<'EOF'
+import socket
+import sys
+
+sockets = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    sockets.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in sockets))
+for s in sockets:
+    s.close()
+EOF
+}
+
+# sign NAME SUBJECT EXTENSIONS: a P-256 key and a certificate signed by the CA.
+sign() {
+	local name="$1" subject="$2" extensions="$3" ca="${4:-ca}"
+	openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$(pki "${name}.key")" 2>/dev/null
+	openssl req -new -key "$(pki "${name}.key")" -subj "${subject}" -out "$(pki "${name}.csr")"
+	openssl x509 -req -in "$(pki "${name}.csr")" -CA "$(pki "${ca}.crt")" -CAkey "$(pki "${ca}.key")" \
+		-CAcreateserial -days 365 -sha256 -out "$(pki "${name}.crt")" \
+		-extfile <(printf '%s\n' "[ext]" "${extensions}") -extensions ext 2>/dev/null
+	rm -f "$(pki "${name}.csr")"
+}
+
+make_ca() {
+	local name="$1" subject="$2"
+	openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$(pki "${name}.key")" 2>/dev/null
+	openssl req -x509 -new -key "$(pki "${name}.key")" -subj "${subject}" -days 3650 -sha256 \
+		-addext "basicConstraints=critical,CA:TRUE" \
+		-addext "keyUsage=critical,keyCertSign,cRLSign" \
+		-out "$(pki "${name}.crt")"
+}
+
+generate_certificates() {
+	local client="basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+	mkdir -p "${STATE_DIR}/pki"
+	chmod 700 "${STATE_DIR}/pki"
+	make_ca ca "/CN=nvsentinel-local-ca"
+	sign apiserver "/CN=kube-apiserver" "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+	sign admin "/O=system:masters/CN=nvsentinel-admin" "${client}"
+	sign controller-manager "/CN=system:kube-controller-manager" "${client}"
+	# Requests the API server proxies to aggregated API servers carry this
+	# client certificate; aggregated servers trust it through front-proxy-ca.
+	make_ca front-proxy-ca "/CN=nvsentinel-local-front-proxy-ca"
+	sign front-proxy-client "/CN=front-proxy-client" "${client}" front-proxy-ca
+	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$(pki sa.key)" 2>/dev/null
+	openssl pkey -in "$(pki sa.key)" -pubout -out "$(pki sa.pub)"
+	rm -f "$(pki ca.srl)" "$(pki front-proxy-ca.srl)"
+}
+
+# write_kubeconfig FILE SERVER CLIENT: a kubeconfig with the certificates inlined.
+write_kubeconfig() {
+	local file="$1" server="$2" client="$3"
+	cat >"${file}" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: nvsentinel-local
+  cluster:
+    server: ${server}
+    certificate-authority-data: $(base64 -w0 <"$(pki ca.crt)")
+users:
+- name: ${client}
+  user:
+    client-certificate-data: $(base64 -w0 <"$(pki "${client}.crt")")
+    client-key-data: $(base64 -w0 <"$(pki "${client}.key")")
+contexts:
+- name: nvsentinel-local
+  context:
+    cluster: nvsentinel-local
+    user: ${client}
+current-context: nvsentinel-local
+EOF
+	chmod 600 "${file}"
+}
+
+# start NAME ARGS...: start a component in its own session, logging to a file.
+start() {
+	local name="$1"
+	shift
+	setsid "${BIN_DIR}/${name}" "$@" </dev/null >"$(log_file "${name}")" 2>&1 &
+	echo "$!" >"$(pid_file "${name}")"
+}
+
+fail_component() {
+	local name="$1" reason="$2"
+	log "control-plane: ${name} ${reason}; last lines of $(log_file "${name}"):"
+	tail -n 40 "$(log_file "${name}")" >&2 || true
+	stop_all
+	exit 1
+}
+
+# wait_for NAME URL EXPECTED [CURL ARGS...]: poll URL until its body is EXPECTED.
+wait_for() {
+	local name="$1" url="$2" expected="$3" deadline body
+	shift 3
+	deadline=$((SECONDS + READY_TIMEOUT_SECONDS))
+	while ((SECONDS < deadline)); do
+		[[ -n "$(component_pid "${name}")" ]] || fail_component "${name}" "exited"
+		body="$(curl --silent --max-time 5 "$@" "${url}" 2>/dev/null || true)"
+		[[ "${body}" == "${expected}" ]] && return 0
+		sleep 0.2
+	done
+	fail_component "${name}" "did not answer '${expected}' on ${url} within ${READY_TIMEOUT_SECONDS}s (last answer: ${body:-none})"
+}
+
+start_etcd() {
+	mkdir -p "${STATE_DIR}/etcd"
+	chmod 700 "${STATE_DIR}/etcd"
+	start etcd \
+		--name=local \
+		--data-dir="${STATE_DIR}/etcd" \
+		--listen-client-urls="http://127.0.0.1:${ETCD_PORT}" \
+		--advertise-client-urls="http://127.0.0.1:${ETCD_PORT}" \
+		--listen-peer-urls="http://127.0.0.1:${ETCD_PEER_PORT}" \
+		--initial-advertise-peer-urls="http://127.0.0.1:${ETCD_PEER_PORT}" \
+		--initial-cluster="local=http://127.0.0.1:${ETCD_PEER_PORT}" \
+		--unsafe-no-fsync=true \
+		--log-level=warn
+	wait_for etcd "http://127.0.0.1:${ETCD_PORT}/readyz" "ok"
+}
+
+start_apiserver() {
+	start kube-apiserver \
+		--advertise-address=127.0.0.1 \
+		--bind-address=127.0.0.1 \
+		--secure-port="${APISERVER_PORT}" \
+		--etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
+		--cert-dir="${STATE_DIR}/pki" \
+		--tls-cert-file="$(pki apiserver.crt)" \
+		--tls-private-key-file="$(pki apiserver.key)" \
+		--client-ca-file="$(pki ca.crt)" \
+		--service-account-issuer="https://127.0.0.1:${APISERVER_PORT}" \
+		--service-account-key-file="$(pki sa.pub)" \
+		--service-account-signing-key-file="$(pki sa.key)" \
+		--service-cluster-ip-range="${SERVICE_CIDR}" \
+		--authorization-mode=Node,RBAC \
+		--disable-admission-plugins=ServiceAccount \
+		--allow-privileged=true \
+		--enable-aggregator-routing=true \
+		--endpoint-reconciler-type=none \
+		--requestheader-client-ca-file="$(pki front-proxy-ca.crt)" \
+		--requestheader-allowed-names=front-proxy-client \
+		--requestheader-username-headers=X-Remote-User \
+		--requestheader-group-headers=X-Remote-Group \
+		--requestheader-extra-headers-prefix=X-Remote-Extra- \
+		--proxy-client-cert-file="$(pki front-proxy-client.crt)" \
+		--proxy-client-key-file="$(pki front-proxy-client.key)" \
+		--profiling=false
+	wait_for kube-apiserver "https://127.0.0.1:${APISERVER_PORT}/readyz" "ok" \
+		--cacert "$(pki ca.crt)" --cert "$(pki admin.crt)" --key "$(pki admin.key)"
+}
+
+start_controller_manager() {
+	local kubeconfig="${STATE_DIR}/controller-manager.kubeconfig"
+	write_kubeconfig "${kubeconfig}" "https://127.0.0.1:${APISERVER_PORT}" controller-manager
+	start kube-controller-manager \
+		--kubeconfig="${kubeconfig}" \
+		--authentication-kubeconfig="${kubeconfig}" \
+		--authorization-kubeconfig="${kubeconfig}" \
+		--bind-address=127.0.0.1 \
+		--secure-port="${CONTROLLER_MANAGER_PORT}" \
+		--cert-dir="${STATE_DIR}/pki" \
+		--service-account-private-key-file="$(pki sa.key)" \
+		--root-ca-file="$(pki ca.crt)" \
+		--cluster-signing-cert-file="$(pki ca.crt)" \
+		--cluster-signing-key-file="$(pki ca.key)" \
+		--service-cluster-ip-range="${SERVICE_CIDR}" \
+		--use-service-account-credentials=true \
+		--leader-elect=false \
+		--profiling=false
+	wait_for kube-controller-manager "https://127.0.0.1:${CONTROLLER_MANAGER_PORT}/healthz" "ok" \
+		--cacert "$(pki ca.crt)" --insecure
+}
+
+# cert_manager_crds_dir: cert-manager's deploy/crds at the pinned version,
+# from the module cache (downloaded through the Go module proxy if needed).
+cert_manager_crds_dir() {
+	local dir
+	dir="$(cd / && GOFLAGS='' go mod download -json "github.com/cert-manager/cert-manager@${CERT_MANAGER_VERSION}" |
+		sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+	[[ -d "${dir}/deploy/crds" ]] || die "cert-manager ${CERT_MANAGER_VERSION} has no deploy/crds"
+	# Some cert-manager releases keep Helm template markup in these files;
+	# they must be rendered before they can be applied.
+	if grep -l '{{' "${dir}"/deploy/crds/*.yaml >&2; then
+		die "cert-manager ${CERT_MANAGER_VERSION}'s CRDs above are templated; render them before applying"
+	fi
+	echo "${dir}/deploy/crds"
+}
+
+install_cert_manager_crds() {
+	local dir file names=()
+	dir="$(cert_manager_crds_dir)"
+	for file in "${dir}"/*.yaml; do
+		"${BIN_DIR}/kubectl" --kubeconfig="$(kubeconfig_path)" apply --server-side \
+			--field-manager=nvsentinel-control-plane -f "${file}" >/dev/null
+		names+=("crd/$(awk '/^  name: / { print $2; exit }' "${file}")")
+	done
+	"${BIN_DIR}/kubectl" --kubeconfig="$(kubeconfig_path)" wait --for=condition=Established \
+		--timeout="${READY_TIMEOUT_SECONDS}s" "${names[@]}" >/dev/null
+}
+
+is_running() {
+	local name
+	for name in "${COMPONENTS[@]}"; do
+		[[ -n "$(component_pid "${name}")" ]] || return 1
+	done
+	[[ -f "$(kubeconfig_path)" && -f "${STATE_DIR}/ready" ]] || return 1
+	# shellcheck source=/dev/null
+	source "${STATE_DIR}/ports.env"
+	[[ "$(curl --silent --max-time 5 --cacert "$(pki ca.crt)" --cert "$(pki admin.crt)" \
+		--key "$(pki admin.key)" "https://127.0.0.1:${APISERVER_PORT}/readyz" 2>/dev/null || true)" == ok ]]
+}
+
+stop_component() {
+	local name="$1" pid i
+	pid="$(component_pid "${name}")"
+	if [[ -n "${pid}" ]]; then
+		kill -TERM "${pid}" 2>/dev/null || true
+		for ((i = 0; i < 100; i++)); do
+			[[ -d "/proc/${pid}" ]] || break
+			sleep 0.1
+		done
+		if [[ -d "/proc/${pid}" ]]; then
+			kill -KILL "${pid}" 2>/dev/null || true
+		fi
+	fi
+	rm -f "$(pid_file "${name}")"
+}
+
+stop_all() {
+	local i
+	for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+		stop_component "${COMPONENTS[i]}"
+	done
+}
+
+remove_state() {
+	[[ -d "${STATE_DIR}" ]] || return 0
+	[[ -f "${STATE_DIR}/${MARKER}" ]] || die "${STATE_DIR} was not made by this script; not removing it"
+	rm -rf "${STATE_DIR}"
+}
+
+print_export() {
+	echo "export KUBECONFIG=$(kubeconfig_path)"
+}
+
+# take_lock: serialise up and down on one state directory.
+take_lock() {
+	mkdir -p "$(dirname "${STATE_DIR}")"
+	exec 9>"${STATE_DIR%/}.lock"
+	flock 9
+}
+
+# on_up_exit: when up fails half-way, stop what it started (logs stay).
+on_up_exit() {
+	if [[ "${UP_DONE:-0}" != 1 && -d "${STATE_DIR}/pids" ]]; then
+		stop_all
+		log "control-plane: up failed; logs are in ${STATE_DIR}/logs (hack/control-plane.sh down removes them)"
+	fi
+}
+
+cmd_up() {
+	local start_time
+	take_lock
+	if [[ -d "${STATE_DIR}" ]] && is_running; then
+		log "control-plane: already running (state in ${STATE_DIR})"
+		print_export
+		return 0
+	fi
+	require_binaries
+	start_time="$(now)"
+	if [[ -d "${STATE_DIR}" ]]; then
+		log "control-plane: removing a stopped control plane's state"
+		stop_all
+		remove_state
+	fi
+	mkdir -p "${STATE_DIR}/pids" "${STATE_DIR}/logs"
+	touch "${STATE_DIR}/${MARKER}"
+	trap on_up_exit EXIT
+	read -r ETCD_PORT ETCD_PEER_PORT APISERVER_PORT CONTROLLER_MANAGER_PORT <<<"$(free_ports 4)"
+	printf '%s\n' "ETCD_PORT=${ETCD_PORT}" "ETCD_PEER_PORT=${ETCD_PEER_PORT}" \
+		"APISERVER_PORT=${APISERVER_PORT}" "CONTROLLER_MANAGER_PORT=${CONTROLLER_MANAGER_PORT}" \
+		>"${STATE_DIR}/ports.env"
+	generate_certificates
+	write_kubeconfig "$(kubeconfig_path)" "https://127.0.0.1:${APISERVER_PORT}" admin
+	start_etcd
+	start_apiserver
+	start_controller_manager
+	install_cert_manager_crds
+	touch "${STATE_DIR}/ready"
+	UP_DONE=1
+	log "control-plane: up in $(awk -v s="${start_time}" -v e="$(now)" 'BEGIN { printf "%.1f", e - s }')s" \
+		"(API server https://127.0.0.1:${APISERVER_PORT}, state in ${STATE_DIR})"
+	print_export
+}
+
+cmd_down() {
+	if [[ ! -d "${STATE_DIR}" ]]; then
+		log "control-plane: nothing to stop (no ${STATE_DIR})"
+		return 0
+	fi
+	[[ -f "${STATE_DIR}/${MARKER}" ]] || die "${STATE_DIR} was not made by this script; not touching it"
+	take_lock
+	stop_all
+	remove_state
+	log "control-plane: stopped, ${STATE_DIR} removed"
+}
+
+cmd_kubeconfig() {
+	is_running || die "no control plane is running in ${STATE_DIR}; run hack/control-plane.sh up"
+	kubeconfig_path
+}
+
+main() {
+	case "${1:-}" in
+		up) cmd_up ;;
+		down) cmd_down ;;
+		kubeconfig) cmd_kubeconfig ;;
+		-h | --help | help) usage ;;
+		"")
+			usage >&2
+			exit 2
+			;;
+		*) die "unknown command '$1' (see --help)" ;;
+	esac
+}
+
+main "$@"
