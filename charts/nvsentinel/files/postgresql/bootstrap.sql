@@ -41,6 +41,9 @@ SELECT format('CREATE ROLE %I LOGIN', :'app_user')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'app_user')
 \gexec
 SELECT format('GRANT nvsentinel_app TO %I', :'app_user')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_auth_members AS m
+                     JOIN pg_roles AS g ON g.oid = m.roleid AND g.rolname = 'nvsentinel_app'
+                     JOIN pg_roles AS u ON u.oid = m.member AND u.rolname = :'app_user')
 \gexec
 
 -- The migration role owns schema public and may create objects in this
