@@ -1,0 +1,348 @@
+"""The e2e tier: a kind cluster with cert-manager, the chart installed with each datastore in turn.
+
+The whole tier skips, with the reason, when no container engine is usable
+(`docker info` fails, so kind cannot create clusters) and no cluster is named
+by ``E2E_KUBECONFIG``.
+
+Environment:
+
+- ``E2E_DATASTORE``: ``mongodb`` or ``postgresql`` runs that datastore's tests
+  only (the CI matrix sets it); unset runs both, one after the other.
+- ``E2E_KUBECONFIG``: use this cluster instead of creating a kind cluster.
+- ``E2E_KIND_CLUSTER``: kind cluster name (default ``nvsentinel-e2e``).
+- ``E2E_KEEP_CLUSTER=1``: leave the kind cluster running after the tests.
+- ``KIND_NODE_IMAGE``: node image for kind (default: kind's own).
+- ``CERT_MANAGER_VERSION`` (default below) or ``CERT_MANAGER_MANIFEST``
+  (a URL or a file path) for the cert-manager static manifest.
+- ``E2E_ARTIFACTS``: where failure diagnostics go (default ``e2e-artifacts/``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from tests.fixtures.cluster import Helm
+from tests.fixtures.diagnostics import collect_namespace, kubectl
+from tests.fixtures.rollout import wait_for_rollout
+
+REPO = Path(__file__).resolve().parents[2]
+KIND_CONFIG = REPO / "hack" / "kind-config.yaml"
+STATE = REPO / ".state" / "e2e"
+CHART = REPO / "charts" / "nvsentinel"
+RELEASE = "nvsentinel"
+NAMESPACE = "nvsentinel"
+DATASTORES = ("mongodb", "postgresql")
+
+#: cert-manager release whose static manifest the tier applies (override: CERT_MANAGER_VERSION).
+CERT_MANAGER_VERSION = "v1.19.4"
+CERT_MANAGER_MANIFEST_URL = (
+    "https://github.com/cert-manager/cert-manager/releases/download/{version}/cert-manager.yaml"
+)
+CERT_MANAGER_DEPLOYMENTS = ("cert-manager", "cert-manager-cainjector", "cert-manager-webhook")
+
+#: Images this repository builds and loads into kind. None today: the chart runs the
+#: official `postgres` and `mongo` images and NVSentinel's published service images,
+#: which the kind nodes pull themselves.
+PROJECT_IMAGES: tuple[str, ...] = ()
+
+#: The values file each datastore is installed with (the production overlay for
+#: PostgreSQL; the chart's defaults select MongoDB).
+VALUES_FILES: dict[str, tuple[str, ...]] = {
+    "postgresql": ("values-postgresql.yaml",),
+    "mongodb": (),
+}
+
+
+def _tool(name: str) -> str | None:
+    built = REPO / ".bin" / name
+    return str(built) if built.exists() else shutil.which(name)
+
+
+def container_engine_problem() -> str | None:
+    """Why kind cannot create a cluster here, or None when it can."""
+    if os.environ.get("E2E_KUBECONFIG"):
+        return None
+    if _tool("kind") is None:
+        return "kind is not installed (.bin/kind or PATH); run `make setup`"
+    provider = os.environ.get("KIND_EXPERIMENTAL_PROVIDER", "docker")
+    engine = shutil.which(provider)
+    if engine is None:
+        return f"no container engine: `{provider}` is not on PATH, so kind cannot create clusters"
+    try:
+        result = subprocess.run(
+            [engine, "info"], capture_output=True, text=True, check=False, timeout=30
+        )
+    except subprocess.TimeoutExpired:
+        return f"no usable container engine: `{provider} info` did not answer in 30s"
+    if result.returncode != 0:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        last = detail[-1] if detail else f"exit code {result.returncode}"
+        return (
+            f"no usable container engine: `{provider} info` failed ({last}); "
+            "kind cannot create clusters here (set E2E_KUBECONFIG to use another cluster)"
+        )
+    return None
+
+
+def selected_datastores() -> tuple[str, ...]:
+    wanted = os.environ.get("E2E_DATASTORE", "").strip()
+    if not wanted:
+        return DATASTORES
+    if wanted not in DATASTORES:
+        raise pytest.UsageError(f"E2E_DATASTORE={wanted!r}; expected one of {DATASTORES}")
+    return (wanted,)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the other datastore's tests when E2E_DATASTORE names one."""
+    here = Path(__file__).parent
+    chosen = selected_datastores()
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        module = getattr(item, "module", None)
+        datastore = getattr(module, "DATASTORE", None) if item.path.is_relative_to(here) else None
+        (drop if datastore is not None and datastore not in chosen else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the item so fixtures can see whether a test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _container_engine() -> None:
+    problem = container_engine_problem()
+    if problem is not None:
+        pytest.skip(problem)
+
+
+def run(cmd: list[str], *, timeout: float = 600, env: dict[str, str] | None = None) -> str:
+    """Run a command; on failure raise with its full output (it lands in the report)."""
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, timeout=timeout, env=env
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"`{' '.join(cmd)}` exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        )
+    return result.stdout
+
+
+@dataclass(frozen=True)
+class E2ECluster:
+    """The cluster the tier runs on."""
+
+    kubeconfig: Path
+    api: client.ApiClient
+    kind_name: str | None
+
+    def kubectl(self, *args: str, timeout: float = 300) -> str:
+        binary = kubectl()
+        assert binary is not None, "kubectl not found (.bin/kubectl or PATH)"
+        return run([binary, "--kubeconfig", str(self.kubeconfig), *args], timeout=timeout)
+
+    def helm(self, *args: str, timeout: float = 600) -> str:
+        """Run helm against this cluster (``tests.fixtures.cluster.Helm``, its own helm home)."""
+        binary = _tool("helm")
+        assert binary is not None, "helm not found (.bin/helm or PATH)"
+        runner = Helm(Path(binary), self.kubeconfig, STATE / "helm-home")
+        return runner(*args, timeout=timeout).stdout
+
+
+def _create_kind_cluster(name: str, kubeconfig: Path) -> bool:
+    """Create the kind cluster unless it exists; returns whether it was created here."""
+    kind = _tool("kind")
+    assert kind is not None
+    existing = run([kind, "get", "clusters"]).split()
+    if name in existing:
+        run([kind, "export", "kubeconfig", "--name", name, "--kubeconfig", str(kubeconfig)])
+        return False
+    cmd = [kind, "create", "cluster", "--name", name, "--config", str(KIND_CONFIG)]
+    cmd += ["--kubeconfig", str(kubeconfig), "--wait", "180s"]
+    if os.environ.get("KIND_NODE_IMAGE"):
+        cmd += ["--image", os.environ["KIND_NODE_IMAGE"]]
+    run(cmd, timeout=900)
+    return True
+
+
+def _load_project_images(kind_name: str | None) -> None:
+    """Load the images this repository builds into the kind nodes (none today)."""
+    kind = _tool("kind")
+    for image in PROJECT_IMAGES:
+        assert kind is not None and kind_name is not None
+        run([kind, "load", "docker-image", image, "--name", kind_name], timeout=900)
+
+
+@pytest.fixture(scope="session")
+def e2e_cluster() -> Iterator[E2ECluster]:
+    """A kind cluster from hack/kind-config.yaml (or the one E2E_KUBECONFIG names)."""
+    named = os.environ.get("E2E_KUBECONFIG")
+    kind_name: str | None = None
+    created = False
+    if named:
+        kubeconfig = Path(named)
+    else:
+        STATE.mkdir(parents=True, exist_ok=True)
+        kubeconfig = STATE / "kubeconfig"
+        kind_name = os.environ.get("E2E_KIND_CLUSTER", "nvsentinel-e2e")
+        created = _create_kind_cluster(kind_name, kubeconfig)
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    cluster = E2ECluster(kubeconfig, api, kind_name)
+    _load_project_images(kind_name)
+    try:
+        yield cluster
+    finally:
+        api.close()
+        if created and os.environ.get("E2E_KEEP_CLUSTER") != "1":
+            kind = _tool("kind")
+            assert kind is not None
+            run([kind, "delete", "cluster", "--name", str(kind_name)], timeout=300)
+
+
+def cert_manager_manifest() -> str:
+    explicit = os.environ.get("CERT_MANAGER_MANIFEST")
+    if explicit:
+        return explicit
+    version = os.environ.get("CERT_MANAGER_VERSION", CERT_MANAGER_VERSION)
+    return CERT_MANAGER_MANIFEST_URL.format(version=version)
+
+
+_PROBE_ISSUER = """\
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata:
+  name: e2e-webhook-probe
+  namespace: cert-manager
+spec:
+  selfSigned: {}
+"""
+
+
+@pytest.fixture(scope="session")
+def cert_manager(e2e_cluster: E2ECluster) -> str:
+    """cert-manager installed from its static manifest, its webhook admitting objects."""
+    manifest = cert_manager_manifest()
+    e2e_cluster.kubectl("apply", "--server-side", "-f", manifest)
+    for name in CERT_MANAGER_DEPLOYMENTS:
+        wait_for_rollout(e2e_cluster.api, "Deployment", name, "cert-manager", timeout=300)
+    probe = STATE / "cert-manager-probe.yaml"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text(_PROBE_ISSUER)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            e2e_cluster.kubectl("create", "--dry-run=server", "-f", str(probe))
+            return manifest
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(3)
+
+
+def _delete_namespace(e2e_cluster: E2ECluster, namespace: str, timeout: float = 300) -> None:
+    core = client.CoreV1Api(e2e_cluster.api)
+    try:
+        core.delete_namespace(namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        time.sleep(2)
+    raise AssertionError(f"namespace {namespace} still terminating after {timeout:.0f}s")
+
+
+def artifacts_root() -> Path:
+    return Path(os.environ.get("E2E_ARTIFACTS", REPO / "e2e-artifacts"))
+
+
+@dataclass(frozen=True)
+class Installed:
+    """The chart installed with one datastore and rolled out."""
+
+    cluster: E2ECluster
+    datastore: str
+    release: str = RELEASE
+    namespace: str = NAMESPACE
+
+
+def install_release(cluster: E2ECluster, datastore: str) -> Installed:
+    """`helm install` the chart for ``datastore`` and wait until its workloads are rolled out."""
+    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace"]
+    for values in VALUES_FILES[datastore]:
+        args += ["--values", str(REPO / values)]
+    cluster.helm(*args)
+    wait_for_rollout(cluster.api, "StatefulSet", f"{RELEASE}-{datastore}", NAMESPACE, timeout=600)
+    for job in client.BatchV1Api(cluster.api).list_namespaced_job(NAMESPACE).items:
+        wait_for_rollout(cluster.api, "Job", job.metadata.name, NAMESPACE, timeout=600)
+    return Installed(cluster, datastore)
+
+
+@pytest.fixture(scope="module")
+def installed(
+    request: pytest.FixtureRequest, e2e_cluster: E2ECluster, cert_manager: str
+) -> Iterator[Installed]:
+    """The chart installed with the requesting module's DATASTORE, removed afterwards.
+
+    When the install fails, the namespace's events, describe output and pod logs
+    are written to e2e-artifacts/<datastore>-install/ before the error is raised.
+    """
+    datastore = request.module.DATASTORE
+    _delete_namespace(e2e_cluster, NAMESPACE)
+    try:
+        release = install_release(e2e_cluster, datastore)
+    except BaseException:
+        collect_namespace(
+            e2e_cluster.api,
+            e2e_cluster.kubeconfig,
+            NAMESPACE,
+            artifacts_root() / f"{datastore}-install",
+        )
+        raise
+    yield release
+    e2e_cluster.helm("uninstall", RELEASE, "--namespace", NAMESPACE)
+    _delete_namespace(e2e_cluster, NAMESPACE)
+
+
+@pytest.fixture(autouse=True)
+def _collect_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a failing test, write the namespace's diagnostics to e2e-artifacts/<test>/."""
+    yield
+    report = getattr(request.node, "report_call", None)
+    if report is None or not report.failed:
+        return
+    if "installed" not in request.fixturenames:
+        return
+    release: Installed = request.getfixturevalue("installed")
+    collect_namespace(
+        release.cluster.api,
+        release.cluster.kubeconfig,
+        release.namespace,
+        artifacts_root() / request.node.name,
+    )

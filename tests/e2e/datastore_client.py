@@ -1,0 +1,100 @@
+"""Reach an in-cluster datastore from the test process as a service would.
+
+A service reads its settings from the `<release>-datastore-config` ConfigMap and
+its client certificate from a Secret. The test reads the same two objects
+through the API, writes the certificate files locally (key 0600), and dials the
+datastore through a port-forward relay on 127.0.0.1. TLS still verifies the
+server against the name the service dials: the relay's address is given to the
+client under that name by `loopback_resolution`, so `verify-full` checks the
+server certificate against `nvsentinel-postgresql.nvsentinel.svc`, not against
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from nvsentinel_store.store import ChangeEvent, ChangeStream
+
+_real_getaddrinfo = socket.getaddrinfo
+
+
+@contextlib.contextmanager
+def loopback_resolution(*names: str) -> Iterator[None]:
+    """Resolve ``names`` to 127.0.0.1 in this process (psycopg and pymongo resolve in Python)."""
+    wanted = {name.lower().rstrip(".") for name in names}
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host.lower().rstrip(".") in wanted:
+            host = "127.0.0.1"
+        return _real_getaddrinfo(host, *args, **kwargs)
+
+    socket.getaddrinfo = resolve
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = _real_getaddrinfo
+
+
+def datastore_config(api: client.ApiClient, namespace: str, release: str) -> dict[str, str]:
+    """The `DATASTORE_*` settings the chart gives every service."""
+    configmap = client.CoreV1Api(api).read_namespaced_config_map(
+        f"{release}-datastore-config", namespace
+    )
+    return dict(configmap.data or {})
+
+
+def write_client_certificate(
+    api: client.ApiClient, namespace: str, secret: str, dest: Path
+) -> Path:
+    """Write the Secret's tls.crt, tls.key (0600) and ca.crt into ``dest``; returns ``dest``."""
+    data = client.CoreV1Api(api).read_namespaced_secret(secret, namespace).data or {}
+    missing = {"tls.crt", "tls.key", "ca.crt"} - set(data)
+    assert not missing, f"secret {namespace}/{secret} lacks {sorted(missing)}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for key in ("tls.crt", "tls.key", "ca.crt"):
+        path = dest / key
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(base64.b64decode(data[key]))
+    return dest
+
+
+def client_environment(
+    config: dict[str, str], *, host: str, port: int, cert_dir: Path
+) -> dict[str, str]:
+    """The service's environment, with the relay port and the local certificate directory."""
+    env = {k: v for k, v in config.items() if k.startswith("DATASTORE_")}
+    env.update(
+        DATASTORE_HOST=host,
+        DATASTORE_PORT=str(port),
+        DATASTORE_SSLCERT=str(cert_dir / "tls.crt"),
+        DATASTORE_SSLKEY=str(cert_dir / "tls.key"),
+        DATASTORE_SSLROOTCERT=str(cert_dir / "ca.crt"),
+    )
+    return env
+
+
+def next_matching(
+    stream: ChangeStream, matches: Callable[[ChangeEvent], bool], timeout: float = 30.0
+) -> ChangeEvent:
+    """The next change event for which ``matches`` holds; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        event = stream.try_next(timeout=1.0)
+        if event is None:
+            continue
+        if matches(event):
+            return event
+        seen.append(f"{event.get('operationType')} {event.get('documentKey')}")
+    raise AssertionError(f"no matching change event within {timeout:.0f}s; other events: {seen}")
