@@ -1,0 +1,89 @@
+{{/*
+Naming and label helpers of the PostgreSQL subchart. Names are fixed by the
+umbrella chart's contract: everything is `<release>-postgresql[-suffix]`.
+*/}}
+
+{{/* Resource base name: `<release>-postgresql`. */}}
+{{- define "postgresql.fullname" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Headless Service name (the StatefulSet's serviceName). */}}
+{{- define "postgresql.headlessName" -}}
+{{- printf "%s-hl" (include "postgresql.fullname" .) -}}
+{{- end -}}
+
+{{/* Labels shared by every pod of this subchart (server and backup). */}}
+{{- define "postgresql.instanceLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels selecting the PostgreSQL server pod; stable across upgrades. */}}
+{{- define "postgresql.selectorLabels" -}}
+{{ include "postgresql.instanceLabels" . }}
+app.kubernetes.io/component: primary
+{{- end -}}
+
+{{/* Standard labels for every object of this subchart (add a component label where it applies). */}}
+{{- define "postgresql.labels" -}}
+{{ include "postgresql.instanceLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: nvsentinel
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Name of the Secret with the passwords. */}}
+{{- define "postgresql.secretName" -}}
+{{- default (include "postgresql.fullname" .) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{/* Name of the cert-manager server certificate Secret. */}}
+{{- define "postgresql.serverSecretName" -}}
+{{- default (printf "%s-server-tls" (include "postgresql.fullname" .)) .Values.tls.serverSecret -}}
+{{- end -}}
+
+{{/* Name of the ConfigMap holding bootstrap.sql. */}}
+{{- define "postgresql.initdbConfigMapName" -}}
+{{- default (printf "%s-initdb" (include "postgresql.fullname" .)) .Values.initdb.configMap -}}
+{{- end -}}
+
+{{/* Name of the ServiceAccount the pod runs as. */}}
+{{- define "postgresql.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- include "postgresql.fullname" . -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Roles that log in with a password when password authentication is on. */}}
+{{- define "postgresql.passwordUsers" -}}
+{{- if .Values.auth.passwordAuthentication.users -}}
+{{- join " " .Values.auth.passwordAuthentication.users -}}
+{{- else -}}
+{{- .Values.auth.appUser -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Fixed paths inside the pod. */}}
+{{- define "postgresql.paths.config" -}}/etc/nvsentinel/postgresql/config{{- end -}}
+{{- define "postgresql.paths.tls" -}}/etc/nvsentinel/postgresql/tls{{- end -}}
+{{- define "postgresql.paths.auth" -}}/etc/nvsentinel/postgresql/auth{{- end -}}
+{{- define "postgresql.paths.scripts" -}}/opt/nvsentinel/scripts{{- end -}}
+{{- define "postgresql.paths.bootstrap" -}}/opt/nvsentinel/initdb{{- end -}}
+{{- define "postgresql.paths.socket" -}}/var/run/postgresql{{- end -}}
+
+{{/* A postgresql.conf value: strings single-quoted (quotes doubled), numbers and booleans as they are. */}}
+{{- define "postgresql.confValue" -}}
+{{- if kindIs "string" . -}}
+'{{ replace "'" "''" . }}'
+{{- else if kindIs "float64" . -}}
+{{- if eq . (floor .) }}{{ int64 . }}{{ else }}{{ . }}{{ end -}}
+{{- else if kindIs "bool" . -}}
+{{- ternary "on" "off" . -}}
+{{- else -}}
+{{ . }}
+{{- end -}}
+{{- end -}}
