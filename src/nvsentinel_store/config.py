@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from psycopg.conninfo import make_conninfo
+
 from nvsentinel_store.errors import ConfigError
 
 Provider = Literal["postgresql", "mongodb"]
@@ -277,8 +279,17 @@ def check_key_permissions(key: TlsFile) -> None:
         )
 
 
-def postgres_conninfo(settings: Settings) -> dict[str, str]:
-    """libpq keywords for ``psycopg.connect(**kwargs)`` (or ``make_conninfo``)."""
+def postgres_conninfo(settings: Settings, **overrides: str) -> str:
+    """A libpq connection string for ``psycopg.connect`` or a psycopg_pool pool.
+
+    ``overrides`` are further libpq keywords (e.g. ``hostaddr``) that replace or
+    add to those from the settings.
+    """
+    return make_conninfo(**{**postgres_params(settings), **overrides})
+
+
+def postgres_params(settings: Settings) -> dict[str, str]:
+    """The libpq keywords the settings give (host, port, dbname, user, ssl*, ...)."""
     if settings.provider != "postgresql":
         raise ConfigError(
             f"DATASTORE_PROVIDER={settings.provider!r}: a PostgreSQL connection needs "

@@ -12,6 +12,7 @@ from nvsentinel_store.config import (
     Settings,
     mongo_client_kwargs,
     postgres_conninfo,
+    postgres_params,
 )
 from nvsentinel_store.errors import ConfigError, StoreError
 
@@ -132,7 +133,7 @@ def test_sslmode_require_does_not_verify_the_server_by_default(pg_env: dict[str,
     pg_env["DATASTORE_SSLMODE"] = "require"
     settings = Settings.from_env(pg_env)
     assert settings.sslrootcert is None
-    assert "sslrootcert" not in postgres_conninfo(settings)
+    assert "sslrootcert" not in postgres_params(settings)
 
 
 def test_password_without_certificate_variables_sends_no_client_certificate() -> None:
@@ -146,7 +147,7 @@ def test_password_without_certificate_variables_sends_no_client_certificate() ->
             "DATASTORE_SSLMODE": "require",
         }
     )
-    params = postgres_conninfo(settings)
+    params = postgres_params(settings)
     assert params["password"] == "s3cret"
     assert "sslcert" not in params and "sslkey" not in params
 
@@ -156,11 +157,9 @@ def test_password_is_never_shown_in_the_settings_repr(pg_env: dict[str, str]) ->
     assert "s3cret-value" not in repr(Settings.from_env(pg_env))
 
 
-def test_postgres_conninfo_carries_every_libpq_setting(
-    pg_env: dict[str, str], cert_dir: Path
-) -> None:
+def test_postgres_params_carry_every_libpq_setting(pg_env: dict[str, str], cert_dir: Path) -> None:
     pg_env["DATASTORE_PORT"] = "6432"
-    params = postgres_conninfo(Settings.from_env(pg_env, application_name="fault-quarantine"))
+    params = postgres_params(Settings.from_env(pg_env, application_name="fault-quarantine"))
     assert params == {
         "host": "nvsentinel-postgresql.nvsentinel.svc.cluster.local",
         "port": "6432",
@@ -324,6 +323,13 @@ def test_check_files_false_defers_file_checks(pg_env: dict[str, str], cert_dir: 
     settings = Settings.from_env(pg_env, check_files=False)
     with pytest.raises(ConfigError, match=r"CA certificate .* does not exist"):
         settings.check_files()
+
+
+def test_postgres_conninfo_is_a_libpq_string_with_overrides(pg_env: dict[str, str]) -> None:
+    conninfo = postgres_conninfo(Settings.from_env(pg_env), hostaddr="127.0.0.1")
+    assert "sslmode=verify-full" in conninfo
+    assert "hostaddr=127.0.0.1" in conninfo
+    assert "user=nvsentinel" in conninfo
 
 
 def test_postgres_conninfo_refuses_mongodb_settings(pg_env: dict[str, str]) -> None:
