@@ -1,0 +1,100 @@
+{{/*
+Resolved datastore connection: values with their defaults applied. Every
+template asks these helpers, so a default lives in one place.
+*/}}
+
+{{/* nvsentinel.datastore.provider: "postgresql" or "mongodb". */}}
+{{- define "nvsentinel.datastore.provider" -}}
+{{- .Values.global.datastore.provider -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.inCluster: "true" when the chosen provider's subchart runs in this release, else empty. */}}
+{{- define "nvsentinel.datastore.inCluster" -}}
+{{- $provider := include "nvsentinel.datastore.provider" . -}}
+{{- if (index .Values $provider).enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.host: the host the services dial; the in-cluster client Service when connection.host is empty. */}}
+{{- define "nvsentinel.datastore.host" -}}
+{{- .Values.global.datastore.connection.host | default (include "nvsentinel.storeName" (dict "root" . "provider" (include "nvsentinel.datastore.provider" .))) -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.port: the port the services dial; 5432 or 27017 when connection.port is empty. */}}
+{{- define "nvsentinel.datastore.port" -}}
+{{- $default := ternary 5432 27017 (eq (include "nvsentinel.datastore.provider" .) "postgresql") -}}
+{{- .Values.global.datastore.connection.port | default $default | int -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.passwordAuth: "true" when services authenticate with a password from credentialsFromSecret, else empty (client certificates). */}}
+{{- define "nvsentinel.datastore.passwordAuth" -}}
+{{- if .Values.global.datastore.credentialsFromSecret.name -}}true{{- end -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.clientCertSecret: the application client certificate Secret, postgresql-client-cert or mongodb-client-cert. */}}
+{{- define "nvsentinel.datastore.clientCertSecret" -}}
+{{- printf "%s-client-cert" (include "nvsentinel.datastore.provider" .) -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.migrationCertSecret: the schema Job's client certificate Secret. */}}
+{{- define "nvsentinel.datastore.migrationCertSecret" -}}
+postgresql-migration-cert
+{{- end -}}
+
+{{/* nvsentinel.datastore.mountPathEnv: the environment variable naming the certificate directory, per provider. */}}
+{{- define "nvsentinel.datastore.mountPathEnv" -}}
+{{- if eq (include "nvsentinel.datastore.provider" .) "postgresql" -}}
+POSTGRESQL_CLIENT_CERT_MOUNT_PATH
+{{- else -}}
+MONGODB_CLIENT_CERT_MOUNT_PATH
+{{- end -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.mountsCertDir: "true" when datastore-client pods get a certificate directory (client certificate, or an external CA bundle), else empty. */}}
+{{- define "nvsentinel.datastore.mountsCertDir" -}}
+{{- if or (not (include "nvsentinel.datastore.passwordAuth" .)) .Values.global.datastore.caFromSecret.name -}}true{{- end -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.sslcert: client certificate path, empty with password auth. */}}
+{{- define "nvsentinel.datastore.sslcert" -}}
+{{- if not (include "nvsentinel.datastore.passwordAuth" .) -}}
+{{- .Values.global.datastore.connection.sslcert | default (printf "%s/tls.crt" .Values.clientCertificate.mountPath) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.sslkey: client key path, empty with password auth. */}}
+{{- define "nvsentinel.datastore.sslkey" -}}
+{{- if not (include "nvsentinel.datastore.passwordAuth" .) -}}
+{{- .Values.global.datastore.connection.sslkey | default (printf "%s/tls.key" .Values.clientCertificate.mountPath) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.sslrootcert: CA bundle path; empty when nothing provides one (password auth without caFromSecret). */}}
+{{- define "nvsentinel.datastore.sslrootcert" -}}
+{{- $default := "" -}}
+{{- if include "nvsentinel.datastore.mountsCertDir" . -}}
+{{- $default = printf "%s/ca.crt" .Values.clientCertificate.mountPath -}}
+{{- end -}}
+{{- .Values.global.datastore.connection.sslrootcert | default $default -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.serverDnsNames: JSON list of every name a client may dial on the in-cluster store: Services (short, namespaced, .svc, .svc.<clusterDomain>), headless pod names, localhost, and connection.host when set; call with (dict "root" $ "provider" "<provider>" "replicas" <int>). */}}
+{{- define "nvsentinel.datastore.serverDnsNames" -}}
+{{- $root := .root -}}
+{{- $ns := $root.Release.Namespace -}}
+{{- $domain := $root.Values.global.clusterDomain -}}
+{{- $name := include "nvsentinel.storeName" (dict "root" $root "provider" .provider) -}}
+{{- $headless := printf "%s-hl" $name -}}
+{{- $bases := list $name $headless -}}
+{{- range $i := until (int .replicas) -}}
+{{- $bases = append $bases (printf "%s-%d.%s" $name $i $headless) -}}
+{{- end -}}
+{{- $names := list -}}
+{{- range $bases -}}
+{{- $names = concat $names (list . (printf "%s.%s" . $ns) (printf "%s.%s.svc" . $ns) (printf "%s.%s.svc.%s" . $ns $domain)) -}}
+{{- end -}}
+{{- $names = append $names "localhost" -}}
+{{- with $root.Values.global.datastore.connection.host -}}
+{{- $names = append $names . -}}
+{{- end -}}
+{{- $names | uniq | toJson -}}
+{{- end -}}
