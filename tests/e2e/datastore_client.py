@@ -17,13 +17,16 @@ import contextlib
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
-from nvsentinel_store.store import ChangeEvent, ChangeStream
+from nvsentinel_store.config import Settings
+from nvsentinel_store.store import ChangeEvent, ChangeStream, Store
 
 _real_getaddrinfo = socket.getaddrinfo
 
@@ -98,3 +101,77 @@ def next_matching(
             return event
         seen.append(f"{event.get('operationType')} {event.get('documentKey')}")
     raise AssertionError(f"no matching change event within {timeout:.0f}s; other events: {seen}")
+
+
+def health_event(event_id: str, node: str) -> dict[str, Any]:
+    """A new health event as the platform connector stores it (documents.md shapes)."""
+    now = time.time()
+    return {
+        "_id": event_id,
+        "createdAt": datetime.now(UTC),
+        "healthevent": {
+            "version": 1,
+            "agent": "gpu-health-monitor",
+            "componentclass": "GPU",
+            "checkname": "GpuXidError",
+            "isfatal": True,
+            "ishealthy": False,
+            "message": "XID 79: GPU has fallen off the bus",
+            "recommendedaction": 24,
+            "errorcode": ["79"],
+            "entitiesimpacted": [{"entitytype": "GPU", "entityvalue": "GPU-e2e"}],
+            "metadata": {"idempotencyKey": event_id},
+            "generatedtimestamp": {"seconds": int(now), "nanos": 0},
+            "nodename": node,
+            "processingstrategy": 1,
+        },
+        "healtheventstatus": {
+            "nodequarantined": None,
+            "userpodsevictionstatus": {"status": "NotStarted", "message": ""},
+            "faultremediated": None,
+            "lastremediationtimestamp": None,
+        },
+    }
+
+
+def assert_change_stream_round_trip(store: Store, client_name: str) -> None:
+    """Insert a health event, see it on a watch, quarantine its node, see the update.
+
+    This is what fault-quarantine relies on: the platform connector's insert
+    reaches it through the change stream, and its status update reaches the
+    node drainer the same way.
+    """
+    events = store.collection("health_events")
+    event_id = str(uuid.uuid4())
+    node = f"e2e-node-{event_id[:8]}"
+    with events.watch(client_name=client_name) as stream:
+        assert events.insert_one(health_event(event_id, node)) == event_id
+        inserted = next_matching(
+            stream,
+            lambda e: e["operationType"] == "insert" and e["documentKey"]["_id"] == event_id,
+        )
+        assert inserted["fullDocument"]["healthevent"]["nodename"] == node
+        assert inserted["ns"]["coll"] == "health_events"
+
+        result = events.update_one(
+            {"_id": event_id},
+            {"$set": {"healtheventstatus.nodequarantined": "Quarantined"}},
+        )
+        assert (result.matched_count, result.modified_count) == (1, 1)
+        updated = next_matching(
+            stream,
+            lambda e: e["operationType"] == "update" and e["documentKey"]["_id"] == event_id,
+        )
+        changed = updated["updateDescription"]["updatedFields"]
+        assert changed == {"healtheventstatus.nodequarantined": "Quarantined"}, changed
+        stream.save_token()
+    stored = events.find_one({"_id": event_id})
+    assert stored is not None
+    assert stored["healtheventstatus"]["nodequarantined"] == "Quarantined"
+
+
+def open_store(settings: Settings) -> Store:
+    """The store client for ``settings`` (the provider the settings name)."""
+    from nvsentinel_store import open_store as open_configured_store
+
+    return open_configured_store(settings)

@@ -1,0 +1,124 @@
+"""MongoDB on kind: the chart's default install, used as a service uses it.
+
+A single-member replica set `rs0` with TLS required and X.509 client
+authentication. The test process connects through a port-forward relay with the
+`mongodb-client-cert` Secret, verifying the server against the host name the
+services dial, and runs the same change-stream round trip as on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pymongo
+import pytest
+from pymongo.errors import PyMongoError
+
+from nvsentinel_store.config import Settings, mongo_client_kwargs
+from tests.e2e.conftest import Installed
+from tests.e2e.datastore_client import (
+    assert_change_stream_round_trip,
+    client_environment,
+    datastore_config,
+    loopback_resolution,
+    open_store,
+    write_client_certificate,
+)
+from tests.e2e.port_forward_relay import PortForwardRelay, relay_to_service
+from tests.fixtures.diagnostics import kubectl
+
+pytestmark = pytest.mark.e2e
+
+DATASTORE = "mongodb"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How the test reaches the in-cluster MongoDB: the services' settings over a relay."""
+
+    relay: PortForwardRelay
+    env: dict[str, str]
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env, application_name="nvsentinel-e2e")
+
+    def client(self, **overrides: object) -> pymongo.MongoClient[dict[str, object]]:
+        kwargs = mongo_client_kwargs(self.settings)
+        kwargs.update(overrides)
+        return pymongo.MongoClient(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def mongodb(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connection]:
+    api = installed.cluster.api
+    config = datastore_config(api, installed.namespace, installed.release)
+    cert_dir = write_client_certificate(
+        api, installed.namespace, "mongodb-client-cert", tmp_path_factory.mktemp("mongo-client")
+    )
+    relay = relay_to_service(api, installed.namespace, f"{installed.release}-mongodb", 27017)
+    env = client_environment(
+        config, host=config["DATASTORE_HOST"], port=relay.local_port, cert_dir=cert_dir
+    )
+    try:
+        with loopback_resolution(config["DATASTORE_HOST"]):
+            yield Connection(relay, env)
+    finally:
+        relay.close()
+    assert not relay.errors, relay.errors
+
+
+def test_services_authenticate_to_mongodb_with_x509_over_verified_tls(mongodb: Connection) -> None:
+    assert mongodb.env["DATASTORE_PROVIDER"] == "mongodb"
+    assert mongodb.env.get("DATASTORE_SSLMODE", "verify-full") == "verify-full"
+    with mongodb.client() as mongo:
+        status = mongo.admin.command("connectionStatus")
+    users = status["authInfo"]["authenticatedUsers"]
+    assert [user["db"] for user in users] == ["$external"], status
+    assert users[0]["user"].startswith("CN="), users
+
+
+def test_mongodb_is_replica_set_rs0_with_a_primary(mongodb: Connection) -> None:
+    with mongodb.client() as mongo:
+        hello = mongo.admin.command("hello")
+    assert hello["setName"] == "rs0"
+    assert hello["isWritablePrimary"] is True
+
+
+def test_plaintext_and_certificateless_connections_are_refused(mongodb: Connection) -> None:
+    with pytest.raises(PyMongoError), mongodb.client(tls=False, serverSelectionTimeoutMS=3000) as m:
+        m.admin.command("ping")
+    kwargs = mongo_client_kwargs(mongodb.settings)
+    for key in ("tlsCertificateKeyFile", "authMechanism", "authSource", "username"):
+        kwargs.pop(key, None)
+    kwargs["serverSelectionTimeoutMS"] = 3000
+    with pytest.raises(PyMongoError), pymongo.MongoClient(**kwargs) as anonymous:
+        anonymous[mongodb.settings.database].list_collection_names()
+
+
+def test_health_event_round_trip_through_the_change_stream(mongodb: Connection) -> None:
+    with open_store(mongodb.settings) as store:
+        assert_change_stream_round_trip(store, client_name="e2e-mongodb-round-trip")
+
+
+def test_seed_commands_show_ready_certificates_and_the_client_secret(installed: Installed) -> None:
+    binary = kubectl() or shutil.which("kubectl")
+    assert binary is not None
+    base = [binary, "--kubeconfig", str(installed.cluster.kubeconfig)]
+    certificates = subprocess.run(
+        [*base, "get", "certificate", "-n", "nvsentinel"], capture_output=True, text=True
+    )
+    assert certificates.returncode == 0, certificates.stderr
+    rows = [line.split() for line in certificates.stdout.strip().splitlines()]
+    ready = rows[0].index("READY")
+    assert len(rows) > 1 and all(row[ready] == "True" for row in rows[1:]), certificates.stdout
+    secret = subprocess.run(
+        [*base, "get", "secret", "mongodb-client-cert", "-n", "nvsentinel"],
+        capture_output=True,
+        text=True,
+    )
+    assert secret.returncode == 0, secret.stderr
+    assert "kubernetes.io/tls" in secret.stdout

@@ -1,0 +1,265 @@
+"""PostgreSQL on kind: the chart installed with values-postgresql.yaml, used as a service uses it.
+
+The test process reads the services' ConfigMap and the `postgresql-client-cert`
+Secret, and connects through a port-forward relay with `verify-full` against the
+host name the services dial. The seed's troubleshooting commands are run as an
+operator types them.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from kubernetes import client
+
+from nvsentinel_store.config import Settings, postgres_params
+from tests.e2e.conftest import REPO, Installed
+from tests.e2e.datastore_client import (
+    assert_change_stream_round_trip,
+    client_environment,
+    datastore_config,
+    loopback_resolution,
+    open_store,
+    write_client_certificate,
+)
+from tests.e2e.port_forward_relay import PortForwardRelay, relay_to_service
+from tests.fixtures.diagnostics import kubectl
+from tests.fixtures.rollout import read_state
+
+pytestmark = pytest.mark.e2e
+
+DATASTORE = "postgresql"
+MIGRATIONS = REPO / "charts" / "nvsentinel" / "files" / "postgresql" / "migrations"
+SERVICES = (
+    "platform-connectors",
+    "fault-quarantine",
+    "node-drainer",
+    "fault-remediation",
+    "health-events-analyzer",
+    "csp-health-monitor",
+)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How the test reaches the in-cluster PostgreSQL: the services' settings over a relay."""
+
+    relay: PortForwardRelay
+    env: dict[str, str]
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env, application_name="nvsentinel-e2e")
+
+    def connect(self, **overrides: str) -> psycopg.Connection[tuple[object, ...]]:
+        params = {**postgres_params(self.settings), **overrides}
+        return psycopg.connect(**params, autocommit=True)
+
+
+@pytest.fixture(scope="module")
+def postgresql(
+    installed: Installed, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Connection]:
+    api = installed.cluster.api
+    config = datastore_config(api, installed.namespace, installed.release)
+    cert_dir = write_client_certificate(
+        api, installed.namespace, "postgresql-client-cert", tmp_path_factory.mktemp("pg-client")
+    )
+    relay = relay_to_service(api, installed.namespace, f"{installed.release}-postgresql", 5432)
+    env = client_environment(
+        config, host=config["DATASTORE_HOST"], port=relay.local_port, cert_dir=cert_dir
+    )
+    try:
+        with loopback_resolution(config["DATASTORE_HOST"]):
+            yield Connection(relay, env)
+    finally:
+        relay.close()
+    assert not relay.errors, relay.errors
+
+
+def _migration_files() -> list[Path]:
+    return sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+
+
+def _declared(pattern: str) -> set[str]:
+    names: set[str] = set()
+    for path in _migration_files():
+        names.update(re.findall(pattern, path.read_text(), flags=re.IGNORECASE))
+    return {name.lower() for name in names}
+
+
+def test_services_dial_postgresql_with_verify_full_and_a_client_certificate(
+    postgresql: Connection,
+) -> None:
+    config = postgresql.env
+    assert config["DATASTORE_PROVIDER"] == "postgresql"
+    assert config["DATASTORE_SSLMODE"] == "verify-full"
+    with postgresql.connect() as conn:
+        row = conn.execute(
+            "SELECT current_user, ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        ).fetchone()
+    assert row is not None
+    user, ssl, client_dn = row
+    assert user == config["DATASTORE_USERNAME"]
+    assert ssl is True
+    assert f"CN={user}" in str(client_dn)
+
+
+def test_plaintext_and_certificateless_connections_are_refused(postgresql: Connection) -> None:
+    with pytest.raises(psycopg.OperationalError):
+        postgresql.connect(sslmode="disable").close()
+    params = postgres_params(postgresql.settings)
+    params.pop("sslcert")
+    params.pop("sslkey")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(**params).close()
+
+
+def test_schema_job_applied_every_migration_the_chart_ships(
+    installed: Installed, postgresql: Connection
+) -> None:
+    jobs = client.BatchV1Api(installed.cluster.api).list_namespaced_job(installed.namespace).items
+    assert jobs, "the chart created no schema Job"
+    for job in jobs:
+        assert read_state(installed.cluster.api, "Job", job.metadata.name, installed.namespace).done
+    shipped = {int(path.name[:4]): path.stem[5:] for path in _migration_files()}
+    with postgresql.connect() as conn:
+        applied = dict(conn.execute("SELECT version, name FROM schema_migrations").fetchall())
+    assert set(applied) == set(shipped), (applied, shipped)
+    assert max(applied) == max(shipped)
+
+
+def test_tables_and_change_capture_triggers_exist(postgresql: Connection) -> None:
+    tables = _declared(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)")
+    assert {"health_events", "maintenance_events", "datastore_changelog", "resume_tokens"} <= tables
+    triggers = _declared(r"CREATE (?:OR REPLACE )?TRIGGER (\w+)")
+    with postgresql.connect() as conn:
+        present_tables = {
+            row[0]
+            for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchall()
+        }
+        present_triggers = {
+            row[0]: row[1]
+            for row in conn.execute(
+                "SELECT tgname, tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal"
+            ).fetchall()
+        }
+    assert tables <= present_tables, tables - present_tables
+    assert triggers <= set(present_triggers), triggers - set(present_triggers)
+    for table in ("health_events", "maintenance_events"):
+        assert table in present_triggers.values(), f"no trigger on {table}"
+
+
+def test_health_event_round_trip_through_the_change_stream(postgresql: Connection) -> None:
+    with open_store(postgresql.settings) as store:
+        assert_change_stream_round_trip(store, client_name="e2e-postgresql-round-trip")
+
+
+def test_seed_sql_checks_show_changelog_entries_and_resume_tokens(postgresql: Connection) -> None:
+    with open_store(postgresql.settings) as store:
+        assert_change_stream_round_trip(store, client_name="e2e-postgresql-troubleshooting")
+    with postgresql.connect() as conn:
+        count = conn.execute("SELECT COUNT(*) FROM datastore_changelog;").fetchone()
+        tokens = conn.execute("SELECT * FROM resume_tokens;")
+        columns = [column.name for column in tokens.description or []]
+        rows = [dict(zip(columns, row, strict=True)) for row in tokens.fetchall()]
+    assert count is not None and count[0] >= 2
+    assert any("e2e-postgresql-troubleshooting" in map(str, row.values()) for row in rows), rows
+
+
+def _kubectl(installed: Installed, command: str) -> subprocess.CompletedProcess[str]:
+    """Run a seed command as written (`kubectl ...`), with the e2e cluster's kubeconfig."""
+    binary = kubectl()
+    assert binary is not None, "kubectl not found (.bin/kubectl or PATH)"
+    argv = command.split()
+    assert argv[0] == "kubectl"
+    return subprocess.run(
+        [binary, "--kubeconfig", str(installed.cluster.kubeconfig), *argv[1:]],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_seed_command_certificates_are_ready(installed: Installed) -> None:
+    result = _kubectl(installed, "kubectl get certificate -n nvsentinel")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    header, rows = lines[0].split(), [line.split() for line in lines[1:]]
+    ready = header.index("READY")
+    assert rows, "no certificates listed"
+    assert all(row[ready] == "True" for row in rows), result.stdout
+    secrets = header.index("SECRET")
+    assert {"postgresql-client-cert", "nvsentinel-postgresql-server-tls"} <= {
+        row[secrets] for row in rows
+    }, result.stdout
+
+
+def test_seed_command_client_certificate_secret_exists(installed: Installed) -> None:
+    result = _kubectl(installed, "kubectl get secret postgresql-client-cert -n nvsentinel")
+    assert result.returncode == 0, result.stderr
+    assert "kubernetes.io/tls" in result.stdout
+
+
+def test_seed_command_postgresql_service_exists(installed: Installed) -> None:
+    result = _kubectl(installed, "kubectl get svc nvsentinel-postgresql -n nvsentinel")
+    assert result.returncode == 0, result.stderr
+    assert "5432/TCP" in result.stdout
+
+
+def test_seed_command_resolves_the_service_name_in_cluster(installed: Installed) -> None:
+    result = _kubectl(
+        installed,
+        "kubectl run dns-check --rm -i --restart=Never -n nvsentinel --image=busybox:1.36 "
+        "-- nslookup nvsentinel-postgresql.nvsentinel.svc.cluster.local",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nvsentinel-postgresql.nvsentinel.svc.cluster.local" in result.stdout
+
+
+def fix_cert_permissions_runs(
+    installed: Installed, service: str
+) -> list[client.V1ContainerStateTerminated]:
+    """The terminated states of `fix-cert-permissions` in the service's pods (may be empty)."""
+    core = client.CoreV1Api(installed.cluster.api)
+    deployment = client.AppsV1Api(installed.cluster.api).read_namespaced_deployment(
+        service, installed.namespace
+    )
+    selector = ",".join(f"{k}={v}" for k, v in deployment.spec.selector.match_labels.items())
+    pods = core.list_namespaced_pod(installed.namespace, label_selector=selector).items
+    return [
+        status.state.terminated
+        for pod in pods
+        for status in pod.status.init_container_statuses or []
+        if status.name == "fix-cert-permissions" and status.state.terminated is not None
+    ]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_init_container_fixed_certificate_permissions(
+    installed: Installed, service: str
+) -> None:
+    deadline = time.monotonic() + 180
+    finished = fix_cert_permissions_runs(installed, service)
+    while not finished and time.monotonic() < deadline:
+        time.sleep(3)
+        finished = fix_cert_permissions_runs(installed, service)
+    assert finished, f"fix-cert-permissions of {service} did not run within 180s"
+    assert all(state.exit_code == 0 for state in finished), finished
+    # The seed's command, as written, for the deployment it names.
+    if service == "fault-quarantine":
+        result = _kubectl(
+            installed,
+            "kubectl logs -n nvsentinel deployment/fault-quarantine -c fix-cert-permissions",
+        )
+        assert result.returncode == 0, result.stderr
