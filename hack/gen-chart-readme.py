@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Generate the values tables of charts/nvsentinel/README.md from `# --` comments.
+
+Reads charts/nvsentinel/values.yaml and each subchart's values.yaml
+(charts/nvsentinel/charts/<name>/values.yaml, keys prefixed with `<name>.`),
+and writes one table per file between the markers
+
+    <!-- values-table:start -->
+    <!-- values-table:end -->
+
+in charts/nvsentinel/README.md. A key is documented by a comment block that
+starts with `# -- ` directly above it (continuation lines start with `# `).
+Every key must be documented, itself or through a documented parent map.
+As in helm-docs, `# -- (int) text` gives the type where the default cannot
+(null).
+
+Usage:
+    hack/gen-chart-readme.py           rewrite the README's tables
+    hack/gen-chart-readme.py --check   exit 1 with a diff when the README is stale
+                                       or a key is undocumented (for make lint)
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "nvsentinel"
+README = CHART / "README.md"
+START = "<!-- values-table:start -->"
+END = "<!-- values-table:end -->"
+
+KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[^\s#'\"-][^:#]*|\"[^\"]+\"|'[^']+'):(\s|$)")
+DOC_START = re.compile(r"^ *# -- ?(?P<text>.*)$")
+TYPE_HINT = re.compile(r"^\((?P<type>[a-z]+)\) (?P<rest>.*)$")
+DOC_MORE = re.compile(r"^ *#(?: (?P<text>.*))?$")
+
+
+@dataclass(frozen=True)
+class Documented:
+    """One documented key: its dotted path and its description."""
+
+    path: tuple[str, ...]
+    description: str
+
+
+class UndocumentedError(Exception):
+    """A values key has no `# --` comment, itself or on a parent."""
+
+
+def parse_comments(text: str) -> list[Documented]:
+    """Every key preceded by a `# --` block, with its full path, in file order."""
+    documented: list[Documented] = []
+    stack: list[tuple[int, str]] = []
+    pending: list[str] | None = None
+    for line in text.splitlines():
+        if not line.strip():
+            pending = None
+            continue
+        start = DOC_START.match(line)
+        if start:
+            pending = [start.group("text").strip()]
+            continue
+        more = DOC_MORE.match(line)
+        if more:
+            if pending is not None:
+                pending.append((more.group("text") or "").strip())
+            continue
+        key = KEY_LINE.match(line)
+        if not key:
+            continue  # list items and block scalars belong to the key above
+        indent = len(key.group("indent"))
+        name = key.group("key").strip().strip("'\"")
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, name))
+        if pending is not None:
+            path = tuple(k for _, k in stack)
+            documented.append(Documented(path, " ".join(p for p in pending if p)))
+            pending = None
+    return documented
+
+
+def leaf_paths(value: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Paths of every leaf (scalar, list, or empty map) of a values tree."""
+    if isinstance(value, dict) and value:
+        paths: list[tuple[str, ...]] = []
+        for key, child in value.items():
+            paths += leaf_paths(child, (*prefix, str(key)))
+        return paths
+    return [prefix]
+
+
+def lookup(values: Any, path: tuple[str, ...]) -> Any:
+    """The value at a dotted path."""
+    for key in path:
+        values = values[key]
+    return values
+
+
+def type_name(value: Any) -> str:
+    """helm-docs' name for the type of a default."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return "string"
+
+
+def cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(values_file: Path, prefix: str = "") -> str:
+    """The Markdown table of one values file; raises UndocumentedError for a bare key."""
+    text = values_file.read_text()
+    values = yaml.safe_load(text) or {}
+    documented = parse_comments(text)
+    covered = {d.path for d in documented}
+    missing = [
+        ".".join(p)
+        for p in leaf_paths(values)
+        if not any(p[: i + 1] in covered for i in range(len(p)))
+    ]
+    if missing:
+        rel = values_file.relative_to(REPO)
+        raise UndocumentedError(f"{rel}: keys without a `# --` comment: {', '.join(missing)}")
+    rows = ["| Key | Type | Default | Description |", "|-----|------|---------|-------------|"]
+    for doc in documented:
+        default = lookup(values, doc.path)
+        if isinstance(default, dict) and any(
+            other.path[: len(doc.path)] == doc.path and other.path != doc.path
+            for other in documented
+        ):
+            continue  # a documented map whose keys have their own rows
+        key = prefix + ".".join(doc.path)
+        kind, description = type_name(default), doc.description
+        hinted = TYPE_HINT.match(description)
+        if hinted:
+            kind, description = hinted.group("type"), hinted.group("rest")
+        shown = json.dumps(default, separators=(",", ":"))
+        rows.append(f"| `{cell(key)}` | {kind} | `{cell(shown)}` | {cell(description)} |")
+    return "\n".join(rows)
+
+
+def generated_section() -> str:
+    """Everything between the README markers."""
+    parts = ["", "### nvsentinel", "", table(CHART / "values.yaml")]
+    for sub in sorted((CHART / "charts").glob("*/values.yaml")):
+        name = sub.parent.name
+        parts += [
+            "",
+            f"### {name} subchart",
+            "",
+            f"Keys under `{name}.` in the umbrella chart's values"
+            f" (from `charts/{name}/values.yaml`).",
+            "",
+            table(sub, prefix=f"{name}."),
+        ]
+    parts.append("")
+    return "\n".join(parts)
+
+
+def render_readme(current: str) -> str:
+    """The README with its generated section replaced."""
+    if START not in current or END not in current:
+        raise SystemExit(f"{README.relative_to(REPO)}: markers {START} / {END} not found")
+    head, rest = current.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{generated_section()}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Generate charts/nvsentinel/README.md's values tables"
+        " from the `# --` comments in values.yaml."
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 with a diff when the README is stale"
+    )
+    args = parser.parse_args(argv)
+    current = README.read_text()
+    try:
+        wanted = render_readme(current)
+    except UndocumentedError as err:
+        print(f"gen-chart-readme: {err}", file=sys.stderr)
+        return 1
+    if args.check:
+        if wanted == current:
+            return 0
+        diff = difflib.unified_diff(
+            current.splitlines(keepends=True),
+            wanted.splitlines(keepends=True),
+            "README.md (committed)",
+            "README.md (generated)",
+        )
+        sys.stdout.writelines(diff)
+        print(
+            "gen-chart-readme: charts/nvsentinel/README.md is stale; run hack/gen-chart-readme.py",
+            file=sys.stderr,
+        )
+        return 1
+    if wanted != current:
+        README.write_text(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
