@@ -89,3 +89,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - name: NVS_ROOT_PASSWORD_FILE
   value: {{ include "mongodb.paths.auth" . }}/{{ .Values.auth.rootPasswordKey }}
 {{- end -}}
+
+{{/* "<registry>/<repository>:<tag>" of an image map; the registry is the umbrella's global.imageRegistry when set. Call with (list $ <image map>). */}}
+{{- define "mongodb.image" -}}
+{{- $root := index . 0 -}}
+{{- $image := index . 1 -}}
+{{- $repo := $image.repository -}}
+{{- with (($root.Values.global).imageRegistry) -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" .) $repo -}}
+{{- end -}}
+{{- printf "%s:%s" $repo (toString $image.tag) | quote -}}
+{{- end -}}
+
+{{/* imagePullSecrets of every pod: this chart's plus the umbrella's global.imagePullSecrets. */}}
+{{- define "mongodb.imagePullSecrets" -}}
+{{- $secrets := concat (.Values.imagePullSecrets | default list) ((.Values.global).imagePullSecrets | default list) | uniq -}}
+{{- with $secrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
