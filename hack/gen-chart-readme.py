@@ -35,7 +35,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "nvsentinel"
-README = CHART / "README.md"
 START = "<!-- values-table:start -->"
 END = "<!-- values-table:end -->"
 
@@ -54,7 +53,7 @@ class Documented:
 
 
 class UndocumentedError(Exception):
-    """A values key has no `# --` comment, itself or on a parent."""
+    """A values key has no `# --` comment (itself or on a parent), or the markers are missing."""
 
 
 def parse_comments(text: str) -> list[Documented]:
@@ -127,7 +126,7 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def table(values_file: Path, prefix: str = "") -> str:
+def table(values_file: Path, chart: Path, prefix: str = "") -> str:
     """The Markdown table of one values file; raises UndocumentedError for a bare key."""
     text = values_file.read_text()
     values = yaml.safe_load(text) or {}
@@ -139,7 +138,7 @@ def table(values_file: Path, prefix: str = "") -> str:
         if not any(p[: i + 1] in covered for i in range(len(p)))
     ]
     if missing:
-        rel = values_file.relative_to(REPO)
+        rel = values_file.relative_to(chart.parent)
         raise UndocumentedError(f"{rel}: keys without a `# --` comment: {', '.join(missing)}")
     rows = ["| Key | Type | Default | Description |", "|-----|------|---------|-------------|"]
     for doc in documented:
@@ -159,10 +158,10 @@ def table(values_file: Path, prefix: str = "") -> str:
     return "\n".join(rows)
 
 
-def generated_section() -> str:
+def generated_section(chart: Path) -> str:
     """Everything between the README markers."""
-    parts = ["", "### nvsentinel", "", table(CHART / "values.yaml")]
-    for sub in sorted((CHART / "charts").glob("*/values.yaml")):
+    parts = ["", f"### {chart.name}", "", table(chart / "values.yaml", chart)]
+    for sub in sorted((chart / "charts").glob("*/values.yaml")):
         name = sub.parent.name
         parts += [
             "",
@@ -171,19 +170,19 @@ def generated_section() -> str:
             f"Keys under `{name}.` in the umbrella chart's values"
             f" (from `charts/{name}/values.yaml`).",
             "",
-            table(sub, prefix=f"{name}."),
+            table(sub, chart, prefix=f"{name}."),
         ]
     parts.append("")
     return "\n".join(parts)
 
 
-def render_readme(current: str) -> str:
+def render_readme(current: str, chart: Path) -> str:
     """The README with its generated section replaced."""
     if START not in current or END not in current:
-        raise SystemExit(f"{README.relative_to(REPO)}: markers {START} / {END} not found")
+        raise UndocumentedError(f"{chart.name}/README.md: markers {START} / {END} not found")
     head, rest = current.split(START, 1)
     _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{generated_section()}\n{END}{tail}"
+    return f"{head}{START}\n{generated_section(chart)}\n{END}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,10 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="exit 1 with a diff when the README is stale"
     )
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        default=CHART,
+        help="chart directory (default: charts/nvsentinel)",
+    )
     args = parser.parse_args(argv)
-    current = README.read_text()
+    readme = args.chart / "README.md"
+    current = readme.read_text()
     try:
-        wanted = render_readme(current)
+        wanted = render_readme(current, args.chart)
     except UndocumentedError as err:
         print(f"gen-chart-readme: {err}", file=sys.stderr)
         return 1
@@ -212,12 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         sys.stdout.writelines(diff)
         print(
-            "gen-chart-readme: charts/nvsentinel/README.md is stale; run hack/gen-chart-readme.py",
+            f"gen-chart-readme: {readme} is stale; run hack/gen-chart-readme.py",
             file=sys.stderr,
         )
         return 1
     if wanted != current:
-        README.write_text(wanted)
+        readme.write_text(wanted)
     return 0
 
 

@@ -1,0 +1,146 @@
+"""The chart configurations the chart tier renders, each rendered once per session.
+
+A scenario is a values file list plus `--set` assignments. `rendered()` caches
+by scenario, so the many invariant tests share a handful of helm runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.fixtures import chart
+
+REPO = chart.REPO
+VALUES_FILES = (
+    "values-postgresql.yaml",
+    "values-tilt-postgresql.yaml",
+    "values-tilt-mongodb.yaml",
+)
+SERVICES = (
+    "platform-connectors",
+    "fault-quarantine",
+    "node-drainer",
+    "fault-remediation",
+    "health-events-analyzer",
+    "csp-health-monitor",
+)
+MOUNT_PATH = "/etc/nvsentinel/datastore-tls"
+CLIENT_LABEL = "nvsentinel.nvidia.com/datastore-client"
+
+EXTERNAL_POSTGRESQL = (
+    "global.datastore.provider=postgresql",
+    "postgresql.enabled=false",
+    "mongodb.enabled=false",
+    "global.datastore.connection.host=pg.example.internal",
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One way to install the chart."""
+
+    name: str
+    provider: str
+    values_files: tuple[str, ...] = ()
+    set_values: tuple[str, ...] = ()
+    in_cluster: bool = True
+    password_auth: bool = False
+    notes: str = field(default="", compare=False)
+
+
+SCENARIOS = (
+    Scenario("mongodb-defaults", "mongodb"),
+    Scenario("postgresql-production", "postgresql", ("values-postgresql.yaml",)),
+    Scenario("postgresql-tilt", "postgresql", ("values-tilt-postgresql.yaml",)),
+    Scenario("mongodb-tilt", "mongodb", ("values-tilt-mongodb.yaml",)),
+    Scenario(
+        "postgresql-external-password",
+        "postgresql",
+        set_values=(
+            *EXTERNAL_POSTGRESQL,
+            "global.datastore.credentialsFromSecret.name=nvsentinel-db",
+            "global.datastore.caFromSecret.name=nvsentinel-db-ca",
+            "schema.credentialsFromSecret.name=nvsentinel-db-migrator",
+        ),
+        in_cluster=False,
+        password_auth=True,
+    ),
+    Scenario(
+        "postgresql-external-certificate",
+        "postgresql",
+        set_values=(
+            *EXTERNAL_POSTGRESQL,
+            "certManager.issuerRef.name=corporate-pki",
+            "certManager.issuerRef.kind=ClusterIssuer",
+        ),
+        in_cluster=False,
+    ),
+    Scenario(
+        "postgresql-custom-host-and-domain",
+        "postgresql",
+        ("values-postgresql.yaml",),
+        set_values=(
+            "global.clusterDomain=k8s.example",
+            "global.datastore.connection.host=nvsentinel-postgresql.nvsentinel.svc.k8s.example",
+            "global.datastore.connection.port=5432",
+        ),
+    ),
+)
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+@functools.cache
+def rendered(scenario: Scenario, helm: Path = chart.HELM) -> tuple[dict[str, Any], ...]:
+    """Every object the scenario renders (cached; do not mutate)."""
+    return tuple(chart.render(scenario.values_files, scenario.set_values, helm=helm))
+
+
+def render_chart_dir(chart_dir: Path, set_values: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Render a copy of the chart elsewhere on disk (for tests that modify it)."""
+    cmd = [str(chart.HELM), "template", "nvsentinel", str(chart_dir), "--namespace", "nvsentinel"]
+    for assignment in set_values:
+        cmd += ["--set", assignment]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise chart.RenderError(result.stderr.strip())
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec of a Deployment, Job or Pod."""
+    if obj["kind"] == "Pod":
+        return obj["spec"]  # type: ignore[no-any-return]
+    return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
+    """The labels the pods of a Deployment, Job or Pod carry."""
+    if obj["kind"] == "Pod":
+        return obj["metadata"].get("labels", {})  # type: ignore[no-any-return]
+    return obj["spec"]["template"]["metadata"].get("labels", {})  # type: ignore[no-any-return]
+
+
+def datastore_clients(objects: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    """Every workload of the umbrella chart that talks to the store: the six services,
+    the schema Job and the helm test pod (the subcharts' own pods are excluded)."""
+
+    def is_client(obj: dict[str, Any]) -> bool:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        return (
+            (kind == "Deployment" and name in SERVICES)
+            or (kind == "Job" and name.startswith("nvsentinel-schema-"))
+            or (kind == "Pod" and name == "nvsentinel-datastore-test")
+        )
+
+    return [obj for obj in objects if is_client(obj)]
+
+
+def env_map(container: dict[str, Any]) -> dict[str, Any]:
+    """A container's env as name -> the EnvVar entry."""
+    return {e["name"]: e for e in container.get("env", [])}
