@@ -33,8 +33,9 @@ CREATE FUNCTION public.datastore_capture_delete() RETURNS trigger
     AS $$
 BEGIN
     INSERT INTO public.datastore_changelog
-        (collection, operation, document_id, version, document_before)
-    SELECT TG_TABLE_NAME, 'delete', o.id, o.version, o.document
+        (position_txid, collection, operation, document_id, version, document_before)
+    SELECT greatest(pg_current_xact_id(), o.change_position_txid), TG_TABLE_NAME, 'delete',
+           o.id, o.version, o.document
       FROM old_rows AS o;
     RETURN NULL;
 END
@@ -49,8 +50,9 @@ CREATE FUNCTION public.datastore_capture_insert() RETURNS trigger
     SET search_path TO 'pg_catalog', 'public'
     AS $$
 BEGIN
-    INSERT INTO public.datastore_changelog (collection, operation, document_id, version, document)
-    SELECT TG_TABLE_NAME, 'insert', n.id, n.version, n.document
+    INSERT INTO public.datastore_changelog
+        (position_txid, collection, operation, document_id, version, document)
+    SELECT n.change_position_txid, TG_TABLE_NAME, 'insert', n.id, n.version, n.document
       FROM new_rows AS n;
     RETURN NULL;
 END
@@ -66,8 +68,9 @@ CREATE FUNCTION public.datastore_capture_update() RETURNS trigger
     AS $$
 BEGIN
     INSERT INTO public.datastore_changelog
-        (collection, operation, document_id, version, document, document_before)
-    SELECT TG_TABLE_NAME, public.datastore_change_operation(), n.id, n.version, n.document, o.document
+        (position_txid, collection, operation, document_id, version, document, document_before)
+    SELECT n.change_position_txid, TG_TABLE_NAME, public.datastore_change_operation(),
+           n.id, n.version, n.document, o.document
       FROM new_rows AS n
       JOIN old_rows AS o ON o.id = n.id;
     RETURN NULL;
@@ -122,10 +125,10 @@ BEGIN
 
         low_txid := NULL;
         low_id := NULL;
-        SELECT t.txid, t.change_id INTO low_txid, low_id
+        SELECT t.position_txid, t.change_id INTO low_txid, low_id
           FROM public.resume_tokens AS t
          WHERE t.collection = coll AND t.expired_at IS NULL
-         ORDER BY t.txid, t.change_id
+         ORDER BY t.position_txid, t.change_id
          LIMIT 1;
 
         top_txid := NULL;
@@ -134,21 +137,22 @@ BEGIN
             DELETE FROM public.datastore_changelog AS l
              WHERE l.collection = coll
                AND l.changed_at < cutoff
-               AND (low_txid IS NULL OR (l.txid, l.id) <= (low_txid, low_id))
-            RETURNING l.txid, l.id
+               AND (low_txid IS NULL OR (l.position_txid, l.id) <= (low_txid, low_id))
+            RETURNING l.position_txid, l.id
         ), top AS (
-            SELECT g.txid, g.id FROM gone AS g ORDER BY g.txid DESC, g.id DESC LIMIT 1
+            SELECT g.position_txid, g.id FROM gone AS g
+             ORDER BY g.position_txid DESC, g.id DESC LIMIT 1
         )
-        SELECT (SELECT count(*) FROM gone), top.txid, top.id
+        SELECT (SELECT count(*) FROM gone), top.position_txid, top.id
           INTO n_deleted, top_txid, top_id
           FROM (SELECT 1) AS one LEFT JOIN top ON true;
 
         IF n_deleted > 0 THEN
-            INSERT INTO public.datastore_changelog_pruned AS p (collection, txid, id)
+            INSERT INTO public.datastore_changelog_pruned AS p (collection, position_txid, id)
             VALUES (coll, top_txid, top_id)
             ON CONFLICT ON CONSTRAINT datastore_changelog_pruned_pkey DO UPDATE
-               SET txid = excluded.txid, id = excluded.id, pruned_at = now()
-             WHERE (excluded.txid, excluded.id) > (p.txid, p.id);
+               SET position_txid = excluded.position_txid, id = excluded.id, pruned_at = now()
+             WHERE (excluded.position_txid, excluded.id) > (p.position_txid, p.id);
         END IF;
 
         collection := coll;
@@ -179,7 +183,8 @@ CREATE FUNCTION public.datastore_consumer_lag() RETURNS TABLE(client_owner name,
       CROSS JOIN LATERAL (
           SELECT count(*) AS pending, min(l.changed_at) AS oldest
             FROM public.datastore_changelog AS l
-           WHERE l.collection = t.collection AND (l.txid, l.id) > (t.txid, t.change_id)
+           WHERE l.collection = t.collection
+             AND (l.position_txid, l.id) > (t.position_txid, t.change_id)
       ) AS p
      ORDER BY t.collection, t.client_name, t.client_owner
 $$;
@@ -202,6 +207,9 @@ BEGIN
                                CASE WHEN TG_OP = 'UPDATE' THEN OLD.id END,
                                CASE WHEN TG_OP = 'UPDATE' THEN OLD.version END,
                                NEW.document, NULL) AS i;
+    NEW.change_position_txid := CASE WHEN TG_OP = 'UPDATE'
+        THEN greatest(pg_current_xact_id(), OLD.change_position_txid)
+        ELSE pg_current_xact_id() END;
     he := nvsentinel_doc_path(NEW.document, 'healthevent');
     st := nvsentinel_doc_path(NEW.document, 'healtheventstatus');
     NEW.node_name := nvsentinel_json_text(nvsentinel_doc_path(he, 'nodename'));
@@ -245,6 +253,9 @@ BEGIN
                                CASE WHEN TG_OP = 'UPDATE' THEN OLD.version END,
                                NEW.document,
                                nvsentinel_json_text(nvsentinel_doc_path(NEW.document, 'eventid'))) AS i;
+    NEW.change_position_txid := CASE WHEN TG_OP = 'UPDATE'
+        THEN greatest(pg_current_xact_id(), OLD.change_position_txid)
+        ELSE pg_current_xact_id() END;
     d := NEW.document;
     NEW.event_id := nvsentinel_json_text(nvsentinel_doc_path(d, 'eventid'));
     NEW.csp := nvsentinel_json_text(nvsentinel_doc_path(d, 'csp'));
@@ -452,6 +463,7 @@ SET default_table_access_method = heap;
 CREATE TABLE public.datastore_changelog (
     id bigint NOT NULL,
     txid xid8 DEFAULT pg_current_xact_id() NOT NULL,
+    position_txid xid8 NOT NULL,
     collection text NOT NULL,
     operation text NOT NULL,
     document_id text NOT NULL,
@@ -466,7 +478,7 @@ CREATE TABLE public.datastore_changelog (
 -- Name: TABLE datastore_changelog; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON TABLE public.datastore_changelog IS 'Change capture of the event tables; read in (txid, id) order below pg_snapshot_xmin(pg_current_snapshot())';
+COMMENT ON TABLE public.datastore_changelog IS 'Change capture of the event tables; read in (position_txid, id) order below pg_snapshot_xmin(pg_current_snapshot())';
 
 --
 -- Name: datastore_changelog_id_seq; Type: SEQUENCE; Schema: public; Owner: -
@@ -491,7 +503,7 @@ ALTER SEQUENCE public.datastore_changelog_id_seq OWNED BY public.datastore_chang
 
 CREATE TABLE public.datastore_changelog_pruned (
     collection text NOT NULL,
-    txid xid8 NOT NULL,
+    position_txid xid8 NOT NULL,
     id bigint NOT NULL,
     pruned_at timestamp with time zone DEFAULT now() NOT NULL
 );
@@ -504,6 +516,7 @@ CREATE TABLE public.health_events (
     id text NOT NULL,
     document jsonb NOT NULL,
     version bigint DEFAULT 1 NOT NULL,
+    change_position_txid xid8 DEFAULT pg_current_xact_id() NOT NULL,
     node_name text,
     agent text,
     component_class text,
@@ -534,6 +547,7 @@ CREATE TABLE public.maintenance_events (
     id text NOT NULL,
     document jsonb NOT NULL,
     version bigint DEFAULT 1 NOT NULL,
+    change_position_txid xid8 DEFAULT pg_current_xact_id() NOT NULL,
     event_id text,
     csp text,
     cluster_name text,
@@ -567,7 +581,7 @@ CREATE TABLE public.resume_tokens (
     client_owner name DEFAULT CURRENT_USER NOT NULL,
     client_name text NOT NULL,
     collection text NOT NULL,
-    txid xid8 NOT NULL,
+    position_txid xid8 NOT NULL,
     change_id bigint NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
@@ -579,7 +593,7 @@ CREATE TABLE public.resume_tokens (
 -- Name: TABLE resume_tokens; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON TABLE public.resume_tokens IS 'Change stream position (txid, change_id) per consumer and collection; rows visible to their owner only';
+COMMENT ON TABLE public.resume_tokens IS 'Change stream position (position_txid, change_id) per consumer and collection; rows visible to their owner only';
 
 --
 -- Name: schema_migrations; Type: TABLE; Schema: public; Owner: -
@@ -657,7 +671,7 @@ CREATE INDEX datastore_changelog_changed_at_idx ON public.datastore_changelog US
 -- Name: datastore_changelog_cursor_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX datastore_changelog_cursor_idx ON public.datastore_changelog USING btree (collection, txid, id);
+CREATE INDEX datastore_changelog_cursor_idx ON public.datastore_changelog USING btree (collection, position_txid, id);
 
 --
 -- Name: health_events_agent_check_idx; Type: INDEX; Schema: public; Owner: -

@@ -37,3 +37,7 @@ class HistoryLostError(StoreError):
 
 class StoreUnavailableError(StoreError):
     """The datastore could not be reached (after retrying, where the operation retries)."""
+
+
+class DuplicateKeyError(StoreError):
+    """A document with the same ``_id`` (or unique key) already exists."""

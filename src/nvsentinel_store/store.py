@@ -120,8 +120,9 @@ class Collection(Protocol):
         """Documents matching ``filter`` in ``sort`` order; ``limit`` 0 means all."""
         ...
 
-    def find_one(self, filter: Filter | None = None, sort: SortSpec | None = None) -> Document | None:
-        ...
+    def find_one(
+        self, filter: Filter | None = None, sort: SortSpec | None = None
+    ) -> Document | None: ...
 
     def update_one(self, filter: Filter, update: Update) -> UpdateResult:
         """Apply ``$set``/``$unset`` to the first document matching ``filter``."""

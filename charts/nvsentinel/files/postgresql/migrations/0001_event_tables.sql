@@ -16,7 +16,10 @@
 -- The trigger also sets `id` (the document's `_id`, else a new UUID, written
 -- back into the document) and `version` (1 on insert, +1 on every update;
 -- updates of one row are serialised by its row lock, so versions rise in
--- commit order).
+-- commit order) and `change_position_txid`, the transaction part of the
+-- document's position in the change history (see 0002_change_capture.sql):
+-- the writing transaction's id, or the previous version's position if that is
+-- higher, so that a document's changes are ordered by version in the history.
 
 -- Value at `path` (lower-case keys) in `doc`, matching keys case-insensitively;
 -- NULL when any step is missing.
@@ -188,6 +191,7 @@ CREATE TABLE health_events (
     id                       text PRIMARY KEY,
     document                 jsonb NOT NULL,
     version                  bigint NOT NULL DEFAULT 1,
+    change_position_txid     xid8 NOT NULL DEFAULT pg_current_xact_id(),
     node_name                text,
     agent                    text,
     component_class          text,
@@ -222,6 +226,9 @@ BEGIN
                                CASE WHEN TG_OP = 'UPDATE' THEN OLD.id END,
                                CASE WHEN TG_OP = 'UPDATE' THEN OLD.version END,
                                NEW.document, NULL) AS i;
+    NEW.change_position_txid := CASE WHEN TG_OP = 'UPDATE'
+        THEN greatest(pg_current_xact_id(), OLD.change_position_txid)
+        ELSE pg_current_xact_id() END;
     he := nvsentinel_doc_path(NEW.document, 'healthevent');
     st := nvsentinel_doc_path(NEW.document, 'healtheventstatus');
     NEW.node_name := nvsentinel_json_text(nvsentinel_doc_path(he, 'nodename'));
@@ -271,6 +278,7 @@ CREATE TABLE maintenance_events (
     id                       text PRIMARY KEY,
     document                 jsonb NOT NULL,
     version                  bigint NOT NULL DEFAULT 1,
+    change_position_txid     xid8 NOT NULL DEFAULT pg_current_xact_id(),
     event_id                 text UNIQUE,
     csp                      text,
     cluster_name             text,
@@ -308,6 +316,9 @@ BEGIN
                                CASE WHEN TG_OP = 'UPDATE' THEN OLD.version END,
                                NEW.document,
                                nvsentinel_json_text(nvsentinel_doc_path(NEW.document, 'eventid'))) AS i;
+    NEW.change_position_txid := CASE WHEN TG_OP = 'UPDATE'
+        THEN greatest(pg_current_xact_id(), OLD.change_position_txid)
+        ELSE pg_current_xact_id() END;
     d := NEW.document;
     NEW.event_id := nvsentinel_json_text(nvsentinel_doc_path(d, 'eventid'));
     NEW.csp := nvsentinel_json_text(nvsentinel_doc_path(d, 'csp'));

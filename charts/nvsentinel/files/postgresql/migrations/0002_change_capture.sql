@@ -6,6 +6,10 @@
 -- adds one row per changed document to datastore_changelog, in the writing
 -- transaction, with:
 --   txid             the writing (top-level) transaction, pg_current_xact_id()
+--   position_txid    txid, or the document's previous position_txid if that is
+--                    higher (a transaction can get its id before it waits for
+--                    the row lock of a transaction with a higher id); so a
+--                    document's changes are in version order in the history
 --   id               BIGSERIAL, the order of changes inside a transaction
 --   operation        insert | update | replace | delete (a writer marks a
 --                    whole-document replacement with
@@ -18,11 +22,12 @@
 -- (nvsentinel_store.changestream) from document_before and document, so
 -- writers pay nothing for it.
 --
--- Readers page through the changelog with the cursor (txid, id) and read only
--- rows whose txid is below the visibility horizon
+-- Readers page through the changelog with the cursor (position_txid, id) and
+-- read only rows whose position_txid is below the visibility horizon
 -- pg_snapshot_xmin(pg_current_snapshot()) of their own statement: every
--- transaction below it has ended, so no row can appear there later. See
--- nvsentinel_store/changestream.py for the argument.
+-- transaction below it has ended, and a running transaction writes rows with
+-- position_txid >= its own id >= the horizon, so no row can appear there later.
+-- See src/nvsentinel_store/changestream.py for the argument.
 --
 -- The capture functions are SECURITY DEFINER (owned by the migration role), so
 -- the application role needs no write access to the changelog: it can read it,
@@ -31,6 +36,7 @@
 CREATE TABLE datastore_changelog (
     id               bigserial PRIMARY KEY,
     txid             xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    position_txid    xid8 NOT NULL,
     collection       text NOT NULL,
     operation        text NOT NULL CHECK (operation IN ('insert', 'update', 'replace', 'delete')),
     document_id      text NOT NULL,
@@ -41,20 +47,20 @@ CREATE TABLE datastore_changelog (
 );
 
 COMMENT ON TABLE datastore_changelog IS
-    'Change capture of the event tables; read in (txid, id) order below pg_snapshot_xmin(pg_current_snapshot())';
+    'Change capture of the event tables; read in (position_txid, id) order below pg_snapshot_xmin(pg_current_snapshot())';
 
 -- The readers' path: one collection, in cursor order.
-CREATE INDEX datastore_changelog_cursor_idx ON datastore_changelog (collection, txid, id);
+CREATE INDEX datastore_changelog_cursor_idx ON datastore_changelog (collection, position_txid, id);
 -- Retention by age.
 CREATE INDEX datastore_changelog_changed_at_idx ON datastore_changelog (changed_at);
 
--- Per collection, the highest (txid, id) position deleted by pruning: a
--- resume position below it has lost history.
+-- Per collection, the highest (position_txid, id) position deleted by
+-- pruning: a resume position below it has lost history.
 CREATE TABLE datastore_changelog_pruned (
-    collection   text PRIMARY KEY,
-    txid         xid8 NOT NULL,
-    id           bigint NOT NULL,
-    pruned_at    timestamptz NOT NULL DEFAULT now()
+    collection     text PRIMARY KEY,
+    position_txid  xid8 NOT NULL,
+    id             bigint NOT NULL,
+    pruned_at      timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE FUNCTION datastore_change_operation()
@@ -70,8 +76,9 @@ RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
 AS $$
 BEGIN
-    INSERT INTO public.datastore_changelog (collection, operation, document_id, version, document)
-    SELECT TG_TABLE_NAME, 'insert', n.id, n.version, n.document
+    INSERT INTO public.datastore_changelog
+        (position_txid, collection, operation, document_id, version, document)
+    SELECT n.change_position_txid, TG_TABLE_NAME, 'insert', n.id, n.version, n.document
       FROM new_rows AS n;
     RETURN NULL;
 END
@@ -83,8 +90,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
 AS $$
 BEGIN
     INSERT INTO public.datastore_changelog
-        (collection, operation, document_id, version, document, document_before)
-    SELECT TG_TABLE_NAME, public.datastore_change_operation(), n.id, n.version, n.document, o.document
+        (position_txid, collection, operation, document_id, version, document, document_before)
+    SELECT n.change_position_txid, TG_TABLE_NAME, public.datastore_change_operation(),
+           n.id, n.version, n.document, o.document
       FROM new_rows AS n
       JOIN old_rows AS o ON o.id = n.id;
     RETURN NULL;
@@ -97,8 +105,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
 AS $$
 BEGIN
     INSERT INTO public.datastore_changelog
-        (collection, operation, document_id, version, document_before)
-    SELECT TG_TABLE_NAME, 'delete', o.id, o.version, o.document
+        (position_txid, collection, operation, document_id, version, document_before)
+    SELECT greatest(pg_current_xact_id(), o.change_position_txid), TG_TABLE_NAME, 'delete',
+           o.id, o.version, o.document
       FROM old_rows AS o;
     RETURN NULL;
 END

@@ -3,7 +3,8 @@
 -- Transactional: new objects only.
 --
 -- resume_tokens holds one position per consumer (client_name) and collection:
--- the (txid, change_id) cursor of the last change the consumer handled. Row
+-- the (position_txid, change_id) cursor of the last change the consumer
+-- handled (see 0002_change_capture.sql). Row
 -- level security lets a login role see and change only the rows it owns
 -- (client_owner = current_user); the functions below are SECURITY DEFINER and
 -- see every row.
@@ -18,7 +19,7 @@ CREATE TABLE resume_tokens (
     client_owner   name NOT NULL DEFAULT current_user,
     client_name    text NOT NULL CHECK (client_name <> ''),
     collection     text NOT NULL,
-    txid           xid8 NOT NULL,
+    position_txid  xid8 NOT NULL,
     change_id      bigint NOT NULL,
     created_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
@@ -27,7 +28,7 @@ CREATE TABLE resume_tokens (
 );
 
 COMMENT ON TABLE resume_tokens IS
-    'Change stream position (txid, change_id) per consumer and collection; rows visible to their owner only';
+    'Change stream position (position_txid, change_id) per consumer and collection; rows visible to their owner only';
 
 ALTER TABLE resume_tokens ENABLE ROW LEVEL SECURITY;
 
@@ -71,10 +72,10 @@ BEGIN
 
         low_txid := NULL;
         low_id := NULL;
-        SELECT t.txid, t.change_id INTO low_txid, low_id
+        SELECT t.position_txid, t.change_id INTO low_txid, low_id
           FROM public.resume_tokens AS t
          WHERE t.collection = coll AND t.expired_at IS NULL
-         ORDER BY t.txid, t.change_id
+         ORDER BY t.position_txid, t.change_id
          LIMIT 1;
 
         top_txid := NULL;
@@ -83,21 +84,22 @@ BEGIN
             DELETE FROM public.datastore_changelog AS l
              WHERE l.collection = coll
                AND l.changed_at < cutoff
-               AND (low_txid IS NULL OR (l.txid, l.id) <= (low_txid, low_id))
-            RETURNING l.txid, l.id
+               AND (low_txid IS NULL OR (l.position_txid, l.id) <= (low_txid, low_id))
+            RETURNING l.position_txid, l.id
         ), top AS (
-            SELECT g.txid, g.id FROM gone AS g ORDER BY g.txid DESC, g.id DESC LIMIT 1
+            SELECT g.position_txid, g.id FROM gone AS g
+             ORDER BY g.position_txid DESC, g.id DESC LIMIT 1
         )
-        SELECT (SELECT count(*) FROM gone), top.txid, top.id
+        SELECT (SELECT count(*) FROM gone), top.position_txid, top.id
           INTO n_deleted, top_txid, top_id
           FROM (SELECT 1) AS one LEFT JOIN top ON true;
 
         IF n_deleted > 0 THEN
-            INSERT INTO public.datastore_changelog_pruned AS p (collection, txid, id)
+            INSERT INTO public.datastore_changelog_pruned AS p (collection, position_txid, id)
             VALUES (coll, top_txid, top_id)
             ON CONFLICT ON CONSTRAINT datastore_changelog_pruned_pkey DO UPDATE
-               SET txid = excluded.txid, id = excluded.id, pruned_at = now()
-             WHERE (excluded.txid, excluded.id) > (p.txid, p.id);
+               SET position_txid = excluded.position_txid, id = excluded.id, pruned_at = now()
+             WHERE (excluded.position_txid, excluded.id) > (p.position_txid, p.id);
         END IF;
 
         collection := coll;
@@ -123,7 +125,8 @@ AS $$
       CROSS JOIN LATERAL (
           SELECT count(*) AS pending, min(l.changed_at) AS oldest
             FROM public.datastore_changelog AS l
-           WHERE l.collection = t.collection AND (l.txid, l.id) > (t.txid, t.change_id)
+           WHERE l.collection = t.collection
+             AND (l.position_txid, l.id) > (t.position_txid, t.change_id)
       ) AS p
      ORDER BY t.collection, t.client_name, t.client_owner
 $$;

@@ -1,0 +1,544 @@
+"""MongoDB-style change streams on PostgreSQL: triggers, a changelog, polling, resume tokens.
+
+How a change gets to a consumer
+===============================
+
+The capture triggers (migration 0002) add one ``datastore_changelog`` row per
+changed document inside the writing transaction, with the writing
+transaction's id ``txid = pg_current_xact_id()`` (``xid8``: 64 bits, never
+wraps), a ``BIGSERIAL`` ``id`` and ``position_txid``: ``txid``, raised to the
+previous ``position_txid`` of the same document when that is higher (see
+below). A stream keeps a cursor ``(position_txid, id)`` and polls::
+
+    SELECT ... FROM datastore_changelog
+     WHERE collection = $c AND (position_txid, id) > $cursor
+       AND position_txid < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY position_txid, id LIMIT $batch
+
+Why this never skips a committed change
+---------------------------------------
+
+Neither ``id`` nor a timestamp is a safe cursor on its own: both are taken
+while a transaction runs, and transactions commit in another order. With 8
+writers a poller that reads ``id > last`` sees id 11 (committed) while id 10
+is still uncommitted and invisible, moves past 10, and never sees it.
+
+The horizon ``x = pg_snapshot_xmin(S)`` of the poll statement's snapshot ``S``
+is the oldest transaction id still running when ``S`` was taken (or the next id
+to be assigned when none runs). Four facts make the cursor sound:
+
+1. Every transaction with an id below ``x`` has ended when ``S`` is taken, so
+   its rows are visible in ``S`` (committed) or never will be (aborted).
+2. A transaction running at or after ``S`` has an id ``>= x`` and writes rows
+   with ``position_txid >= `` its id ``>= x``. So no row with
+   ``position_txid < x`` can appear after ``S``: that part of the history is
+   final, and every row in it is visible in ``S``.
+3. The poll reads, in ``S`` itself (one statement: ``pg_current_snapshot()``
+   is the snapshot the statement's scan uses), the rows below ``x`` after the
+   cursor, in ``(position_txid, id)`` order. Paging through a final set in a
+   total order misses nothing and repeats nothing.
+4. The horizon never moves backwards: a transaction still running at a later
+   snapshot had its id before and was running at the earlier snapshot too.
+
+When a poll returns fewer rows than the batch size, every row below ``x`` has
+been seen, and the cursor moves to ``(x, 0)`` (ids start at 1); this also
+skips rows the SQL filter left out, so they are not read again. The poller
+never holds the horizon back itself: it polls in autocommit mode with
+read-only statements (which get no transaction id) and stores tokens in
+separate short transactions.
+
+Why ``position_txid`` and not ``txid``: per document, changes must arrive in
+version order. Updates of one row are serialised by its row lock, but a
+transaction can get its id (at its first write) before it waits for that lock
+behind a transaction with a higher id; ordering by ``txid`` would then put
+version 3 before version 2. The BEFORE trigger reads the previous version's
+``position_txid`` under the row lock and takes the greater of it and its own
+id, so positions rise with versions (equal ``position_txid``: the later
+change has the higher ``id``, drawn after the earlier one committed). Fact 2
+still holds because ``position_txid >= txid``.
+
+Consequences: a change is delivered once its transaction and every transaction
+that got its id earlier have ended (a long-running writing transaction anywhere
+in the cluster delays delivery, never loses it); each document's changes
+arrive in version order; each change once per stream.
+
+Resume tokens and history
+=========================
+
+An event's ``_id`` is its position ``{"_data": hex(position_txid) + hex(id)}``
+(32 lower-case hex digits, ordered like positions). ``resume_token`` is the
+position after the last event returned (or past the changes filtered out). A
+consumer stores it under its ``client_name`` in ``resume_tokens``;
+``datastore_changelog_prune`` deletes only changes at or below every live
+consumer's position and records, per collection, the highest position it
+deleted (``datastore_changelog_pruned``). A stream whose position is below that
+frontier raises :class:`~nvsentinel_store.errors.HistoryLostError` -- at open
+and at every poll (the frontier is read in the same snapshot as the rows) --
+and never skips ahead on its own. ``from_beginning`` starts at the frontier.
+
+Wake-up: adaptive polling
+=========================
+
+No ``pg_notify`` in the write path (a notifying transaction serialises on a
+cluster-wide lock at commit). A stream polls again at once while polls return
+rows; after an empty poll it sleeps ``min_poll_interval``, doubling up to
+``poll_interval``. Writes made through the same :class:`Wakeup` (the same
+store object) wake its streams at once. Polling stays the correctness
+mechanism either way.
+
+Connection loss: the stream reconnects with exponential backoff (up to
+``reconnect_max_delay``) and continues from its cursor, so a server restart is
+invisible to the consumer apart from the delay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import psycopg
+from psycopg import sql
+
+from nvsentinel_store.errors import HistoryLostError, QueryError, StoreUnavailableError
+from nvsentinel_store.providers.postgresql_query import pushdown
+from nvsentinel_store.query import (
+    MATCH_ALL,
+    And,
+    Node,
+    Path,
+    lookup_exact,
+    matches,
+    parse_filter,
+    resolve,
+    update_description,
+    updated_fields_resolver,
+)
+from nvsentinel_store.store import ChangeEvent, Pipeline, ResumeToken, WatchOptions
+
+_TOKEN_RE: Final = re.compile(r"^[0-9a-f]{32}$")
+#: How long storing a token keeps retrying through a connection loss.
+TOKEN_SAVE_TIMEOUT: Final = 30.0
+
+Connect = Callable[[], psycopg.Connection[Any]]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """A point in a collection's change history: after change ``(txid, change_id)``."""
+
+    txid: int
+    change_id: int
+
+    def token(self) -> ResumeToken:
+        return {"_data": f"{self.txid:016x}{self.change_id:016x}"}
+
+    @classmethod
+    def from_token(cls, token: Mapping[str, Any]) -> Position:
+        data = token.get("_data") if isinstance(token, Mapping) else None
+        if not isinstance(data, str) or not _TOKEN_RE.match(data):
+            raise QueryError(
+                f"not a PostgreSQL resume token: {token!r} (expected {{'_data': <32 hex digits>}})"
+            )
+        return cls(int(data[:16], 16), int(data[16:], 16))
+
+    def __str__(self) -> str:
+        return f"{self.txid}:{self.change_id}"
+
+
+START: Final = Position(0, 0)
+
+
+class Wakeup:
+    """Wakes the streams of one process when that process writes a collection."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._counts: dict[str, int] = {}
+
+    def notify(self, collection: str) -> None:
+        with self._cond:
+            self._counts[collection] = self._counts.get(collection, 0) + 1
+            self._cond.notify_all()
+
+    def count(self, collection: str) -> int:
+        with self._cond:
+            return self._counts.get(collection, 0)
+
+    def wait(self, collection: str, seen: int, timeout: float) -> None:
+        """Sleep up to ``timeout`` unless ``collection`` was written after ``seen``."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._counts.get(collection, 0) != seen, timeout)
+
+
+def parse_pipeline(pipeline: Pipeline | None) -> Node:
+    """The filter of a pipeline of ``$match`` stages (anything else is an error)."""
+    if not pipeline:
+        return MATCH_ALL
+    if isinstance(pipeline, Mapping | str):
+        raise QueryError("a pipeline is a list of stages, e.g. [{'$match': {...}}]")
+    nodes: list[Node] = []
+    for stage in pipeline:
+        if not isinstance(stage, Mapping) or list(stage) != ["$match"]:
+            raise QueryError(f"unsupported pipeline stage {stage!r}: only $match is supported")
+        nodes.append(parse_filter(stage["$match"]))
+    return nodes[0] if len(nodes) == 1 else And(tuple(nodes))
+
+
+def event_matches(event: ChangeEvent, node: Node) -> bool:
+    """The Python check of a change event against a ``$match`` filter."""
+    description = event.get("updateDescription")
+    updated = description.get("updatedFields", {}) if isinstance(description, dict) else {}
+    in_updated = updated_fields_resolver(updated)
+
+    def look(path: Path) -> tuple[list[Any], tuple[bool, Any]]:
+        if path[:2] == ("updateDescription", "updatedFields") and len(path) > 2:
+            result: tuple[list[Any], tuple[bool, Any]] = in_updated(path[2:])
+            return result
+        return resolve(event, path), lookup_exact(event, path)
+
+    return matches(event, node, look)
+
+
+def build_event(
+    database: str,
+    collection: str,
+    position: Position,
+    operation: str,
+    document_id: str,
+    version: int,
+    document: Any,
+    before: Any,
+    changed_at: datetime,
+) -> ChangeEvent:
+    """A change event shaped like MongoDB's (plus ``documentVersion``)."""
+    event: ChangeEvent = {
+        "_id": position.token(),
+        "operationType": operation,
+        "clusterTime": changed_at,
+        "wallTime": changed_at,
+        "ns": {"db": database, "coll": collection},
+        "documentKey": {"_id": document_id},
+        "documentVersion": version,
+    }
+    if operation != "delete":
+        event["fullDocument"] = document
+    if operation != "insert":
+        event["fullDocumentBeforeChange"] = before
+    if operation == "update":
+        event["updateDescription"] = update_description(before, document)
+    return event
+
+
+_POLL_SQL: Final = """
+WITH h AS MATERIALIZED (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon,
+           (SELECT p.position_txid FROM datastore_changelog_pruned AS p
+             WHERE p.collection = %(coll)s)
+               AS pruned_txid,
+           (SELECT p.id FROM datastore_changelog_pruned AS p WHERE p.collection = %(coll)s)
+               AS pruned_id
+)
+SELECT h.horizon::text, h.pruned_txid::text, h.pruned_id,
+       c.id, c.position_txid::text, c.operation, c.document_id, c.version, c.document,
+       c.document_before, c.changed_at
+  FROM h
+  LEFT JOIN LATERAL (
+      SELECT id, position_txid, operation, document_id, version, document, document_before,
+             changed_at
+        FROM datastore_changelog
+       WHERE collection = %(coll)s
+         AND (position_txid, id) > (%(txid)s::xid8, %(cid)s::bigint)
+         AND position_txid < h.horizon
+         AND {pushdown}
+       ORDER BY position_txid, id
+       LIMIT %(limit)s
+  ) AS c ON true
+"""
+
+_FRONTIER_SQL: Final = """
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text,
+       (SELECT p.position_txid::text FROM datastore_changelog_pruned AS p
+         WHERE p.collection = %(coll)s),
+       (SELECT p.id FROM datastore_changelog_pruned AS p WHERE p.collection = %(coll)s)
+"""
+
+_SAVE_SQL: Final = """
+INSERT INTO resume_tokens (client_name, collection, position_txid, change_id)
+VALUES (%(name)s, %(coll)s, %(txid)s::xid8, %(cid)s)
+ON CONFLICT (client_owner, client_name, collection) DO UPDATE
+   SET position_txid = excluded.position_txid, change_id = excluded.change_id,
+       updated_at = now(), expired_at = NULL
+"""
+
+_LOAD_SQL: Final = """
+SELECT position_txid::text, change_id, expired_at FROM resume_tokens
+ WHERE client_owner = current_user AND client_name = %(name)s AND collection = %(coll)s
+"""
+
+
+def load_token(conn: psycopg.Connection[Any], client_name: str, collection: str) -> Position | None:
+    row = conn.execute(_LOAD_SQL, {"name": client_name, "coll": collection}).fetchone()
+    return None if row is None else Position(int(row[0]), int(row[1]))
+
+
+def save_token(
+    conn: psycopg.Connection[Any], client_name: str, collection: str, position: Position
+) -> None:
+    conn.execute(
+        _SAVE_SQL,
+        {
+            "name": client_name,
+            "coll": collection,
+            "txid": str(position.txid),
+            "cid": position.change_id,
+        },
+    )
+
+
+def delete_token(conn: psycopg.Connection[Any], client_name: str, collection: str) -> bool:
+    cur = conn.execute(
+        "DELETE FROM resume_tokens WHERE client_owner = current_user "
+        "AND client_name = %s AND collection = %s",
+        (client_name, collection),
+    )
+    return cur.rowcount > 0
+
+
+class PostgresChangeStream:
+    """A change stream on one collection (see the module docstring)."""
+
+    def __init__(
+        self,
+        connect: Connect,
+        database: str,
+        collection: str,
+        pipeline: Pipeline | None = None,
+        *,
+        client_name: str | None = None,
+        resume_after: ResumeToken | None = None,
+        from_beginning: bool = False,
+        options: WatchOptions | None = None,
+        wakeup: Wakeup | None = None,
+    ) -> None:
+        self._connect = connect
+        self._database = database
+        self._collection = collection
+        self._client_name = client_name
+        self._options = options or WatchOptions()
+        if self._options.batch_size < 1:
+            raise QueryError("batch_size must be at least 1")
+        self._wakeup = wakeup
+        self._filter = parse_pipeline(pipeline)
+        self._query = sql.SQL(_POLL_SQL).format(pushdown=pushdown(self._filter))
+        self._conn: psycopg.Connection[Any] | None = None
+        self._buffer: deque[tuple[Position, ChangeEvent]] = deque()
+        self._closed = False
+        self._stop = threading.Event()
+        self._idle = self._options.min_poll_interval
+        self._reconnects = 0
+        start_token = Position.from_token(resume_after) if resume_after is not None else None
+        self._cursor = self._with_retry(
+            lambda conn: self._start(conn, start_token, from_beginning), TOKEN_SAVE_TIMEOUT
+        )
+        self._delivered = self._cursor
+
+    # -- public API -------------------------------------------------------------
+    @property
+    def collection(self) -> str:
+        return self._collection
+
+    @property
+    def client_name(self) -> str | None:
+        return self._client_name
+
+    @property
+    def resume_token(self) -> ResumeToken:
+        return (self._delivered if self._buffer else self._cursor).token()
+
+    @property
+    def position(self) -> Position:
+        return self._delivered if self._buffer else self._cursor
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the stream reconnected after a connection loss."""
+        return self._reconnects
+
+    def __iter__(self) -> Iterator[ChangeEvent]:
+        return self
+
+    def __next__(self) -> ChangeEvent:
+        event = self.try_next(timeout=None)
+        if event is None:
+            raise StopIteration
+        return event
+
+    def try_next(self, timeout: float | None = 0.0) -> ChangeEvent | None:
+        """The next event, waiting at most ``timeout`` seconds (``None``: until one comes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._closed:
+            if self._buffer:
+                position, event = self._buffer.popleft()
+                self._delivered = position
+                return event
+            self._delivered = self._cursor
+            seen = self._wakeup.count(self._collection) if self._wakeup else 0
+            read = self._poll_with_retry(deadline)
+            if self._buffer or read >= self._options.batch_size:
+                continue
+            if read > 0:
+                self._idle = self._options.min_poll_interval
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            pause = self._idle if remaining is None else min(self._idle, remaining)
+            self._idle = min(self._idle * 2, self._options.poll_interval)
+            if self._wakeup is not None:
+                self._wakeup.wait(self._collection, seen, pause)
+            else:
+                self._stop.wait(pause)
+        return None
+
+    def save_token(self, token: ResumeToken | None = None) -> None:
+        """Store ``token`` (default: :attr:`resume_token`) as this consumer's position."""
+        if self._client_name is None:
+            raise QueryError("save_token needs a stream opened with a client_name")
+        position = Position.from_token(token) if token is not None else self.position
+        name = self._client_name
+        self._with_retry(
+            lambda conn: save_token(conn, name, self._collection, position), TOKEN_SAVE_TIMEOUT
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        self._stop.set()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> PostgresChangeStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------
+    def _start(
+        self, conn: psycopg.Connection[Any], token: Position | None, from_beginning: bool
+    ) -> Position:
+        row = conn.execute(_FRONTIER_SQL, {"coll": self._collection}).fetchone()
+        assert row is not None
+        horizon = Position(int(row[0]), 0)
+        frontier = None if row[1] is None else Position(int(row[1]), int(row[2]))
+        source = "resume token"
+        if token is None and self._client_name is not None:
+            token = load_token(conn, self._client_name, self._collection)
+            source = f"stored token of consumer {self._client_name!r}"
+        if token is not None:
+            self._check_history(token, frontier, source)
+            return token
+        if from_beginning:
+            return frontier or START
+        return horizon
+
+    def _check_history(self, position: Position, frontier: Position | None, source: str) -> None:
+        if frontier is not None and position < frontier:
+            raise HistoryLostError(
+                f"{self._collection}: the {source} is at {position} but changes up to "
+                f"{frontier} were pruned; the changes in between are lost. Recover "
+                "(e.g. rescan the collection), then reset the consumer's token"
+            )
+
+    def _ensure_connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _with_retry(self, action: Callable[[psycopg.Connection[Any]], T], timeout: float) -> T:
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            try:
+                return action(self._ensure_connection())
+            except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+                self._drop_connection()
+                if time.monotonic() + delay > deadline or self._closed:
+                    raise StoreUnavailableError(
+                        f"change stream on {self._collection}: the datastore is unreachable: "
+                        f"{str(err).strip().splitlines()[0] if str(err).strip() else err!r}"
+                    ) from err
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._options.reconnect_max_delay)
+
+    def _poll_with_retry(self, deadline: float | None) -> int:
+        delay = 0.05
+        while True:
+            try:
+                return self._poll(self._ensure_connection())
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                self._drop_connection()
+                self._reconnects += 1
+                if self._closed:
+                    return 0
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    return 0
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._options.reconnect_max_delay)
+
+    def _poll(self, conn: psycopg.Connection[Any]) -> int:
+        params = {
+            "coll": self._collection,
+            "txid": str(self._cursor.txid),
+            "cid": self._cursor.change_id,
+            "limit": self._options.batch_size,
+        }
+        rows = conn.execute(self._query, params).fetchall()
+        if not rows:
+            return 0
+        horizon = int(rows[0][0])
+        frontier = None if rows[0][1] is None else Position(int(rows[0][1]), int(rows[0][2]))
+        self._check_history(self._cursor, frontier, "stream position")
+        read = 0
+        for row in rows:
+            if row[3] is None:
+                continue
+            read += 1
+            position = Position(int(row[4]), int(row[3]))
+            event = build_event(
+                self._database,
+                self._collection,
+                position,
+                row[5],
+                row[6],
+                row[7],
+                row[8],
+                row[9],
+                row[10],
+            )
+            self._cursor = position
+            if event_matches(event, self._filter):
+                self._buffer.append((position, event))
+        if read < self._options.batch_size:
+            self._cursor = max(self._cursor, Position(horizon, 0))
+        return read
