@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import psycopg
 import pytest
 
+from tests.fixtures.ca import make_pki
 from tests.fixtures.postgres import (
     APP_GROUP,
     APP_USER,
     MIGRATION_USER,
     PostgresDatabase,
     PostgresServer,
+    PostgresStartError,
+    start_server,
 )
 
 pytestmark = pytest.mark.datastore
@@ -85,3 +92,17 @@ def test_server_comes_back_on_the_same_port_after_restart(
     with psycopg.connect(postgres_database.conninfo(APP_USER)) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert postgres_server.port == port
+
+
+def test_a_server_that_cannot_start_reports_its_log_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    # A server key that does not belong to the server certificate.
+    shutil.copy(pki.client("someone").key, pki.server.key)
+    before = set(Path(tempfile.gettempdir()).glob("nvsentinel-pg-*"))
+    with pytest.raises(PostgresStartError) as info:
+        start_server(pki)
+    assert "could not load private key file" in str(info.value)
+    assert "key values mismatch" in str(info.value)
+    assert set(Path(tempfile.gettempdir()).glob("nvsentinel-pg-*")) == before
