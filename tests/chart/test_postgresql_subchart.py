@@ -1,0 +1,505 @@
+"""The PostgreSQL subchart on its own and inside the umbrella chart: TLS-only client
+access with certificates, the server key PostgreSQL accepts and reloads, the
+NetworkPolicy, the optional exporter and backups, and a strict values schema."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+from typing import Any
+
+import pytest
+
+from tests.chart.subcharts import (
+    container,
+    env,
+    mount_of,
+    parse_pg_hba,
+    parse_postgresql_conf,
+    pod_labels,
+    pod_spec,
+    render_error,
+    render_subchart,
+    selects,
+    subchart_path,
+    volume,
+)
+from tests.fixtures import chart
+
+pytestmark = pytest.mark.chart
+
+CLIENT_LABEL = {"nvsentinel.nvidia.com/datastore-client": "true"}
+PASSWORD_MODE = ("auth.passwordAuthentication.enabled=true", "auth.password=nvsentinel-dev")
+EVERYTHING = ("metrics.enabled=true", "backup.enabled=true", *PASSWORD_MODE)
+# Bits PostgreSQL refuses on a root-owned key: group write/execute, anything for others.
+REFUSED_FOR_ROOT_OWNED_KEY = 0o020 | 0o010 | 0o007
+# The kubelet ORs this into Secret volume files when the pod has an fsGroup.
+KUBELET_FSGROUP_READ = 0o440
+
+
+def render(*set_values: str) -> list[dict[str, Any]]:
+    return render_subchart("postgresql", set_values)
+
+
+def config_files(objects: list[dict[str, Any]], release: str = "x") -> dict[str, str]:
+    data: dict[str, str] = chart.find(objects, "ConfigMap", f"{release}-postgresql-config")["data"]
+    return data
+
+
+def statefulset(objects: list[dict[str, Any]], release: str = "x") -> dict[str, Any]:
+    return chart.find(objects, "StatefulSet", f"{release}-postgresql")
+
+
+def server(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return container(pod_spec(statefulset(objects)), "postgresql")
+
+
+# --- names -----------------------------------------------------------------
+
+
+def test_names_follow_the_contract_under_release_nvsentinel() -> None:
+    objects = render_subchart("postgresql", release="nvsentinel", namespace="nvsentinel")
+    sts = statefulset(objects, "nvsentinel")
+    assert sts["spec"]["serviceName"] == "nvsentinel-postgresql-hl"
+    assert sts["spec"]["replicas"] == 1
+    client = chart.find(objects, "Service", "nvsentinel-postgresql")
+    headless = chart.find(objects, "Service", "nvsentinel-postgresql-hl")
+    assert [p["port"] for p in client["spec"]["ports"]] == [5432]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    pod = pod_labels(sts)
+    assert selects(client["spec"]["selector"], pod)
+    assert selects(headless["spec"]["selector"], pod)
+    tls = volume(pod_spec(sts), "server-tls")
+    assert tls["secret"]["secretName"] == "nvsentinel-postgresql-server-tls"
+
+
+def test_selector_labels_leave_out_the_version_so_image_upgrades_keep_the_selector() -> None:
+    old = statefulset(render())["spec"]["selector"]["matchLabels"]
+    new = statefulset(render("image.tag=17.7-bookworm"))["spec"]["selector"]["matchLabels"]
+    assert (
+        old
+        == new
+        == {
+            "app.kubernetes.io/name": "postgresql",
+            "app.kubernetes.io/instance": "x",
+            "app.kubernetes.io/component": "primary",
+        }
+    )
+
+
+# --- pg_hba ------------------------------------------------------------------
+
+
+def test_pg_hba_admits_remote_clients_only_over_tls_with_a_certificate() -> None:
+    rules = parse_pg_hba(config_files(render())["pg_hba.conf"])
+    assert {r.type for r in rules} <= {"local", "hostssl"}, "a non-TLS remote rule exists"
+    remote = [r for r in rules if r.type == "hostssl"]
+    assert {r.method for r in remote} == {"cert", "reject"}
+    cert_addresses = {r.address for r in remote if r.method == "cert" and r.users == ("all",)}
+    assert cert_addresses == {"0.0.0.0/0", "::/0"}
+
+
+def test_pg_hba_rejects_a_remote_superuser_before_any_rule_that_could_admit_it() -> None:
+    rules = parse_pg_hba(config_files(render(*PASSWORD_MODE))["pg_hba.conf"])
+    remote = [r for r in rules if r.type == "hostssl"]
+    first_reject = min(i for i, r in enumerate(remote) if r.method == "reject")
+    first_admit = min(i for i, r in enumerate(remote) if r.method != "reject")
+    assert first_reject < first_admit
+    rejected = {r.address for r in remote if r.method == "reject" and r.users == ("postgres",)}
+    assert rejected == {"0.0.0.0/0", "::/0"}
+
+
+def test_pg_hba_has_no_password_rule_unless_password_authentication_is_on() -> None:
+    rules = parse_pg_hba(config_files(render())["pg_hba.conf"])
+    methods = {r.method for r in rules}
+    assert not methods & {"scram-sha-256", "md5", "password", "trust"}
+
+
+def test_password_rules_cover_only_the_application_role_from_the_pod_loopback() -> None:
+    rules = parse_pg_hba(config_files(render(*PASSWORD_MODE))["pg_hba.conf"])
+    scram = [r for r in rules if r.method == "scram-sha-256"]
+    assert {(r.type, r.users, r.address) for r in scram} == {
+        ("hostssl", ("nvsentinel",), "127.0.0.1/32"),
+        ("hostssl", ("nvsentinel",), "::1/128"),
+    }
+    # First match wins: the password rules must come before the catch-all cert rules.
+    last_scram = max(i for i, r in enumerate(rules) if r.method == "scram-sha-256")
+    first_cert = min(i for i, r in enumerate(rules) if r.method == "cert")
+    assert last_scram < first_cert
+    assert {r.type for r in rules} <= {"local", "hostssl"}
+
+
+def test_password_users_and_addresses_follow_values() -> None:
+    objects = render(
+        *PASSWORD_MODE,
+        "auth.passwordAuthentication.users={nvsentinel,nvsentinel_migrator}",
+        "auth.passwordAuthentication.addresses={10.0.0.0/8}",
+    )
+    rules = parse_pg_hba(config_files(objects)["pg_hba.conf"])
+    scram = [r for r in rules if r.method == "scram-sha-256"]
+    assert [(r.users, r.address) for r in scram] == [
+        (("nvsentinel", "nvsentinel_migrator"), "10.0.0.0/8")
+    ]
+
+
+def test_exporter_role_reaches_the_socket_only_through_the_ident_map() -> None:
+    files = config_files(render())
+    rules = parse_pg_hba(files["pg_hba.conf"])
+    local = {(r.users, r.method, r.options) for r in rules if r.type == "local"}
+    assert local == {
+        (("postgres",), "peer", ()),
+        (("nvsentinel_monitor",), "peer", ("map=exporter",)),
+    }
+    ident = [line.split() for line in files["pg_ident.conf"].splitlines()]
+    assert ["exporter", "postgres", "nvsentinel_monitor"] in ident
+
+
+# --- TLS ---------------------------------------------------------------------
+
+
+def test_tls_files_point_at_the_mounted_server_secret() -> None:
+    objects = render()
+    conf = parse_postgresql_conf(config_files(objects)["postgresql.conf"])
+    assert conf["ssl"] == "on"
+    assert conf["ssl_min_protocol_version"] == "TLSv1.2"
+    spec = pod_spec(statefulset(objects))
+    mount = mount_of(container(spec, "postgresql"), "server-tls")
+    assert volume(spec, "server-tls")["secret"]["secretName"] == "x-postgresql-server-tls"
+    for setting, key in (
+        ("ssl_cert_file", "tls.crt"),
+        ("ssl_key_file", "tls.key"),
+        ("ssl_ca_file", "ca.crt"),
+    ):
+        assert conf[setting] == f"{mount['mountPath']}/{key}"
+    assert mount["readOnly"] is True
+
+
+def test_server_secret_name_can_be_overridden() -> None:
+    spec = pod_spec(statefulset(render("tls.serverSecret=my-server-cert")))
+    assert volume(spec, "server-tls")["secret"]["secretName"] == "my-server-cert"
+
+
+def test_server_key_is_mounted_root_owned_with_a_mode_postgresql_accepts() -> None:
+    spec = pod_spec(statefulset(render()))
+    mode = volume(spec, "server-tls")["secret"]["defaultMode"]
+    effective = mode | KUBELET_FSGROUP_READ
+    assert effective & REFUSED_FOR_ROOT_OWNED_KEY == 0, oct(effective)
+    security = spec["securityContext"]
+    # fsGroup gives the files group 999; the server runs with that group.
+    assert security["fsGroup"] == security["runAsUser"] == security["runAsGroup"] == 999
+    assert security["runAsNonRoot"] is True
+
+
+def test_reloader_sidecar_watches_the_served_files_and_reaches_the_local_socket() -> None:
+    objects = render()
+    spec = pod_spec(statefulset(objects))
+    server_container = container(spec, "postgresql")
+    reloader = container(spec, "reloader")
+    conf = parse_postgresql_conf(config_files(objects)["postgresql.conf"])
+    tls_dir = mount_of(reloader, "server-tls")["mountPath"]
+    assert conf["ssl_key_file"].startswith(tls_dir + "/")
+    assert env(reloader)["TLS_DIR"] == tls_dir
+    socket_dir = conf["unix_socket_directories"]
+    assert mount_of(server_container, "run")["mountPath"] == socket_dir
+    assert mount_of(reloader, "run")["mountPath"] == socket_dir
+    assert env(reloader)["PGHOST"] == socket_dir
+    assert env(reloader)["PGUSER"] == "postgres"
+    scripts = mount_of(reloader, "scripts")["mountPath"]
+    assert reloader["command"] == [f"{scripts}/reloader.sh"]
+    assert "PASSWORD_FILE" not in env(reloader)
+
+
+def test_reloader_applies_the_application_password_from_the_secret_in_password_mode() -> None:
+    objects = render(*PASSWORD_MODE)
+    spec = pod_spec(statefulset(objects))
+    reloader = container(spec, "reloader")
+    auth_dir = mount_of(reloader, "auth")["mountPath"]
+    assert env(reloader)["PASSWORD_FILE"] == f"{auth_dir}/password"
+    assert env(reloader)["PASSWORD_ROLES"] == "nvsentinel"
+    assert volume(spec, "auth")["secret"]["secretName"] == "x-postgresql"
+    secret = chart.find(objects, "Secret", "x-postgresql")
+    assert base64.b64decode(secret["data"]["password"]).decode() == "nvsentinel-dev"
+
+
+# --- secrets and bootstrap ------------------------------------------------------
+
+
+def test_passwords_live_in_a_secret_and_never_in_a_configmap() -> None:
+    objects = render(*PASSWORD_MODE)
+    secret = chart.find(objects, "Secret", "x-postgresql")
+    admin = base64.b64decode(secret["data"]["postgres-password"]).decode()
+    assert len(admin) >= 32
+    for config_map in chart.of_kind(objects, "ConfigMap"):
+        for text in config_map.get("data", {}).values():
+            assert admin not in text and "nvsentinel-dev" not in text, config_map["metadata"]
+    server_env = env(server(objects))
+    assert "POSTGRES_PASSWORD" not in server_env
+    auth_dir = mount_of(server(objects), "auth")["mountPath"]
+    assert server_env["POSTGRES_PASSWORD_FILE"] == f"{auth_dir}/postgres-password"
+
+
+def test_existing_secret_replaces_the_generated_one() -> None:
+    objects = render("auth.existingSecret=ops-postgres", "auth.secretKeys.adminPasswordKey=su")
+    assert not chart.of_kind(objects, "Secret")
+    spec = pod_spec(statefulset(objects))
+    assert volume(spec, "auth")["secret"]["secretName"] == "ops-postgres"
+    assert env(server(objects))["POSTGRES_PASSWORD_FILE"].endswith("/su")
+
+
+def test_bootstrap_runs_the_umbrella_sql_once_with_the_role_names() -> None:
+    objects = render("auth.appUser=svc", "auth.migrationUser=owner")
+    spec = pod_spec(statefulset(objects))
+    server_container = container(spec, "postgresql")
+    bootstrap = volume(spec, "bootstrap")["configMap"]
+    assert bootstrap["name"] == "x-postgresql-initdb"
+    assert bootstrap["items"] == [{"key": "bootstrap.sql", "path": "bootstrap.sql"}]
+    sql_dir = mount_of(server_container, "bootstrap")["mountPath"]
+    values = env(server_container)
+    assert values["NVS_BOOTSTRAP_SQL"] == f"{sql_dir}/bootstrap.sql"
+    assert (values["NVS_APP_USER"], values["NVS_MIGRATION_USER"]) == ("svc", "owner")
+    assert values["POSTGRES_DB"] == "nvsentinel"
+    initdb_dir = mount_of(server_container, "initdb-scripts")["mountPath"]
+    assert initdb_dir == "/docker-entrypoint-initdb.d"
+    scripts = volume(spec, "initdb-scripts")["configMap"]
+    assert [i["path"] for i in scripts["items"]] == ["10-nvsentinel-bootstrap.sh"]
+    # The SQL file is not in the initdb directory, where the image would run it without variables.
+    assert sql_dir != "/docker-entrypoint-initdb.d"
+
+
+def test_bootstrap_can_be_switched_off_for_a_standalone_install() -> None:
+    spec = pod_spec(statefulset(render("initdb.enabled=false")))
+    assert "bootstrap" not in {v["name"] for v in spec["volumes"]}
+    assert env(container(spec, "postgresql"))["NVS_BOOTSTRAP_SQL"] == ""
+
+
+def test_data_directory_is_a_subdirectory_of_the_claimed_volume() -> None:
+    sts = statefulset(render("persistence.size=20Gi"))
+    claim = sts["spec"]["volumeClaimTemplates"][0]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    mount = mount_of(server(render("persistence.size=20Gi")), "data")["mountPath"]
+    assert env(server(render()))["PGDATA"].startswith(mount + "/")
+    ephemeral = statefulset(render("persistence.enabled=false"))
+    assert "volumeClaimTemplates" not in ephemeral["spec"]
+    assert "emptyDir" in volume(pod_spec(ephemeral), "data")
+
+
+# --- pod hardening ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings", [(), EVERYTHING], ids=["default", "everything-on"])
+def test_every_container_runs_without_root_capabilities_or_a_writable_root(
+    settings: tuple[str, ...],
+) -> None:
+    objects = render(*settings)
+    workloads = [*chart.of_kind(objects, "StatefulSet"), *chart.of_kind(objects, "CronJob")]
+    for workload in workloads:
+        spec = pod_spec(workload)
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["automountServiceAccountToken"] is False
+        for item in [*spec.get("initContainers", []), *spec["containers"]]:
+            security = item["securityContext"]
+            assert security["capabilities"]["drop"] == ["ALL"], item["name"]
+            assert security["allowPrivilegeEscalation"] is False, item["name"]
+            assert security["readOnlyRootFilesystem"] is True, item["name"]
+
+
+def test_probes_ask_pg_isready_over_tcp() -> None:
+    server_container = server(render())
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        command = server_container[probe]["exec"]["command"]
+        assert command[0] == "pg_isready", probe
+        assert command[command.index("--host") + 1] == "127.0.0.1"
+
+
+def test_disruption_budget_selects_the_server_pod() -> None:
+    objects = render("pdb.minAvailable=1")
+    budget = chart.find(objects, "PodDisruptionBudget", "x-postgresql")
+    assert budget["spec"]["minAvailable"] == 1
+    assert "maxUnavailable" not in budget["spec"]
+    assert selects(budget["spec"]["selector"]["matchLabels"], pod_labels(statefulset(objects)))
+
+
+# --- NetworkPolicy ------------------------------------------------------------------
+
+
+def test_network_policy_admits_only_datastore_clients_and_own_pods_to_5432() -> None:
+    objects = render("backup.enabled=true")
+    policy = chart.find(objects, "NetworkPolicy", "x-postgresql")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    assert selects(policy["podSelector"]["matchLabels"], pod_labels(statefulset(objects)))
+    [rule] = policy["ingress"]
+    assert rule["ports"] == [{"port": 5432, "protocol": "TCP"}]
+    peers = rule["from"]
+    assert all(set(peer) == {"podSelector"} for peer in peers), "only same-namespace pod peers"
+    assert peers[0]["podSelector"]["matchLabels"] == CLIENT_LABEL
+    backup_pod = pod_labels(chart.find(objects, "CronJob", "x-postgresql-backup"))
+    assert selects(peers[1]["podSelector"]["matchLabels"], backup_pod)
+    unlabelled = {"app.kubernetes.io/name": "something-else", "app.kubernetes.io/instance": "x"}
+    assert not any(selects(p["podSelector"]["matchLabels"], unlabelled) for p in peers)
+
+
+def test_network_policy_opens_the_metrics_port_to_the_namespace_only_with_metrics() -> None:
+    objects = render("metrics.enabled=true")
+    rules = chart.find(objects, "NetworkPolicy", "x-postgresql")["spec"]["ingress"]
+    metrics_rule = [r for r in rules if r["ports"] == [{"port": 9187, "protocol": "TCP"}]]
+    assert metrics_rule and metrics_rule[0]["from"] == [{"podSelector": {}}]
+
+
+# --- metrics and backup ------------------------------------------------------------------
+
+
+def test_exporter_and_its_service_appear_only_with_metrics_enabled() -> None:
+    plain = render()
+    assert "metrics" not in {c["name"] for c in pod_spec(statefulset(plain))["containers"]}
+    services = {s["metadata"]["name"] for s in chart.of_kind(plain, "Service")}
+    assert "x-postgresql-metrics" not in services
+
+    objects = render("metrics.enabled=true")
+    spec = pod_spec(statefulset(objects))
+    exporter = container(spec, "metrics")
+    assert [p["containerPort"] for p in exporter["ports"]] == [9187]
+    assert exporter["image"].startswith("prometheuscommunity/postgres-exporter:v")
+    dsn = dict(part.split("=", 1) for part in env(exporter)["DATA_SOURCE_NAME"].split())
+    socket_dir = mount_of(exporter, "run")["mountPath"]
+    assert dsn["host"] == socket_dir and dsn["user"] == "nvsentinel_monitor"
+    service = chart.find(objects, "Service", "x-postgresql-metrics")
+    assert [p["port"] for p in service["spec"]["ports"]] == [9187]
+    assert selects(service["spec"]["selector"], pod_labels(statefulset(objects)))
+
+
+def test_backup_cronjob_and_volume_appear_only_with_backup_enabled() -> None:
+    plain = render()
+    assert not chart.of_kind(plain, "CronJob")
+    assert not chart.of_kind(plain, "PersistentVolumeClaim")
+
+    objects = render("backup.enabled=true", "backup.schedule=30 3 * * *", "backup.retention=14")
+    cron = chart.find(objects, "CronJob", "x-postgresql-backup")
+    assert cron["spec"]["schedule"] == "30 3 * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = pod_spec(cron)
+    job = container(spec, "backup")
+    values = env(job)
+    assert values["RETENTION"] == "14"
+    assert values["PGUSER"] == "nvsentinel_backup"
+    assert values["PGSSLMODE"] == "verify-full"
+    assert values["PGHOST"] == "x-postgresql.nvs.svc"
+    cert_dir = mount_of(job, "backup-tls")["mountPath"]
+    assert values["PGSSLKEY"] == f"{cert_dir}/tls.key"
+    cert = volume(spec, "backup-tls")["secret"]
+    assert cert["secretName"] == "x-postgresql-backup-cert"
+    assert (cert["defaultMode"] | KUBELET_FSGROUP_READ) & REFUSED_FOR_ROOT_OWNED_KEY == 0
+    claim = volume(spec, "backups")["persistentVolumeClaim"]["claimName"]
+    pvc = chart.find(objects, "PersistentVolumeClaim", claim)
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_backup_uses_an_existing_claim_without_creating_one() -> None:
+    objects = render("backup.enabled=true", "backup.persistence.existingClaim=nfs-backups")
+    assert not chart.of_kind(objects, "PersistentVolumeClaim")
+    spec = pod_spec(chart.find(objects, "CronJob", "x-postgresql-backup"))
+    assert volume(spec, "backups")["persistentVolumeClaim"]["claimName"] == "nfs-backups"
+
+
+# --- configuration and schema --------------------------------------------------------------
+
+
+def test_extra_parameters_are_rendered_and_quoted() -> None:
+    conf = parse_postgresql_conf(
+        config_files(render("config.parameters.work_mem=64MB", "config.parameters.jit=false"))[
+            "postgresql.conf"
+        ]
+    )
+    assert conf["work_mem"] == "64MB"
+    assert conf["jit"] == "off"
+
+
+def test_schema_rejects_an_unknown_key_and_names_it() -> None:
+    message = render_error("postgresql", ["replicaCount=3"])
+    assert "replicaCount" in message
+
+
+def test_schema_rejects_a_wrong_type_and_names_the_key() -> None:
+    message = render_error("postgresql", ["backup.retention=seven"])
+    assert "/backup/retention" in message and "integer" in message
+
+
+def test_schema_refuses_overriding_a_setting_the_chart_manages() -> None:
+    message = render_error("postgresql", ["config.parameters.ssl=off"])
+    assert "/config/parameters/ssl" in message
+
+
+def test_schema_refuses_a_tls_version_below_1_2() -> None:
+    message = render_error("postgresql", ["tls.minProtocolVersion=TLSv1.1"])
+    assert "/tls/minProtocolVersion" in message
+
+
+# --- scripts and lint -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["initdb.sh", "reloader.sh", "backup.sh"])
+def test_scripts_answer_help(script: str) -> None:
+    path = subchart_path("postgresql") / "files" / script
+    assert os.access(path, os.X_OK)
+    result = subprocess.run([str(path), "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage:")
+
+
+@pytest.mark.parametrize("settings", [(), EVERYTHING], ids=["default", "everything-on"])
+def test_helm_lint_strict_is_clean(settings: tuple[str, ...]) -> None:
+    cmd = [str(chart.HELM), "lint", "--strict", str(subchart_path("postgresql"))]
+    for assignment in settings:
+        cmd += ["--set", assignment]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "[WARNING]" not in output and "[ERROR]" not in output, output
+
+
+@pytest.mark.skipif(not chart.HELM3.exists(), reason=".bin/helm3 is not built (make setup)")
+def test_helm3_renders_the_same_objects_as_helm4() -> None:
+    def inventory(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return sorted((o["kind"], o["metadata"]["name"]) for o in objects)
+
+    four = render_subchart("postgresql", EVERYTHING)
+    three = render_subchart("postgresql", EVERYTHING, helm=chart.HELM3)
+    assert inventory(three) == inventory(four)
+    assert config_files(three) == config_files(four)
+
+
+# --- inside the umbrella chart -------------------------------------------------------------------
+
+
+def test_umbrella_production_values_wire_certificates_bootstrap_and_backup() -> None:
+    objects = chart.render(["values-postgresql.yaml"])
+    spec = pod_spec(chart.find(objects, "StatefulSet", "nvsentinel-postgresql"))
+    certificates = {c["spec"]["secretName"]: c for c in chart.of_kind(objects, "Certificate")}
+    server_secret = volume(spec, "server-tls")["secret"]["secretName"]
+    assert server_secret in certificates
+    bootstrap = volume(spec, "bootstrap")["configMap"]["name"]
+    assert "bootstrap.sql" in chart.find(objects, "ConfigMap", bootstrap)["data"]
+    cron = chart.find(objects, "CronJob", "nvsentinel-postgresql-backup")
+    backup_spec = pod_spec(cron)
+    backup_secret = volume(backup_spec, "backup-tls")["secret"]["secretName"]
+    assert (
+        certificates[backup_secret]["spec"]["commonName"]
+        == env(container(backup_spec, "backup"))["PGUSER"]
+    )
+    backup_host = env(container(backup_spec, "backup"))["PGHOST"]
+    assert backup_host in certificates[server_secret]["spec"]["dnsNames"]
+    assert "metrics" in {c["name"] for c in spec["containers"]}
+
+
+def test_umbrella_tilt_values_give_the_password_to_port_forward_only() -> None:
+    objects = chart.render(["values-tilt-postgresql.yaml"])
+    files = chart.find(objects, "ConfigMap", "nvsentinel-postgresql-config")["data"]
+    rules = parse_pg_hba(files["pg_hba.conf"])
+    assert {r.address for r in rules if r.method == "scram-sha-256"} == {"127.0.0.1/32", "::1/128"}
+    assert {r.type for r in rules} <= {"local", "hostssl"}
+    secret = chart.find(objects, "Secret", "nvsentinel-postgresql")
+    assert base64.b64decode(secret["data"]["password"]).decode() == "nvsentinel-dev"
+    spec = pod_spec(chart.find(objects, "StatefulSet", "nvsentinel-postgresql"))
+    assert spec["nodeSelector"] == {"node-role.kubernetes.io/control-plane": ""}
