@@ -369,6 +369,11 @@ class PostgresChangeStream:
         return self._delivered if self._buffer else self._cursor
 
     @property
+    def buffered(self) -> int:
+        """Events already read from the database and not yet returned."""
+        return len(self._buffer)
+
+    @property
     def reconnects(self) -> int:
         """How many times the stream reconnected after a connection loss."""
         return self._reconnects

@@ -1,0 +1,175 @@
+"""Health of a PostgreSQL datastore as a service sees it (the ``health`` command).
+
+The checks run on one connection made with the application's settings:
+TLS in use, schema version against the migration files, the extraction and
+capture triggers present and enabled, the changelog's size and age, and each
+change-stream consumer's lag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+
+from nvsentinel_store import migrations
+from nvsentinel_store.errors import StoreError
+
+#: Triggers the migrations create: table -> trigger names.
+EXPECTED_TRIGGERS: Final[dict[str, tuple[str, ...]]] = {
+    table: (
+        f"{table}_extract",
+        f"{table}_capture_insert",
+        f"{table}_capture_update",
+        f"{table}_capture_delete",
+    )
+    for table in ("health_events", "maintenance_events")
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class ConsumerLag:
+    client_owner: str
+    client_name: str
+    collection: str
+    updated_at: datetime
+    expired: bool
+    pending_changes: int
+    oldest_pending_at: datetime | None
+
+
+@dataclass
+class HealthReport:
+    checks: list[Check] = field(default_factory=list)
+    consumers: list[ConsumerLag] = field(default_factory=list)
+    changelog_rows: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append(Check(name, ok, detail))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+            "changelog_rows": self.changelog_rows,
+            "consumers": [
+                {
+                    "client_owner": c.client_owner,
+                    "client_name": c.client_name,
+                    "collection": c.collection,
+                    "updated_at": c.updated_at.isoformat(),
+                    "expired": c.expired,
+                    "pending_changes": c.pending_changes,
+                    "oldest_pending_at": c.oldest_pending_at.isoformat()
+                    if c.oldest_pending_at
+                    else None,
+                }
+                for c in self.consumers
+            ],
+        }
+
+
+def check(
+    conn: psycopg.Connection[Any], sslmode: str, migrations_dir: Path | None = None
+) -> HealthReport:
+    """Run every check on ``conn`` (autocommit); failures are reported, not raised."""
+    report = HealthReport()
+    row = conn.execute(
+        "SELECT current_user, current_database(), current_setting('server_version')"
+    ).fetchone()
+    assert row is not None
+    report.add("connection", True, f"user {row[0]} on database {row[1]}, PostgreSQL {row[2]}")
+
+    tls = conn.execute(
+        "SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+    ).fetchone()
+    if tls is not None and tls[0]:
+        report.add("tls", True, f"{tls[1]} {tls[2]} (sslmode {sslmode})")
+    else:
+        report.add("tls", sslmode == "disable", f"not in use (sslmode {sslmode})")
+
+    try:
+        state = migrations.status(conn, migrations_dir)
+    except (psycopg.Error, StoreError) as err:
+        report.add("schema", False, f"cannot read schema_migrations: {err}")
+    else:
+        detail = f"version {state.version}"
+        if state.pending:
+            detail += f", pending: {', '.join(m.name for m in state.pending)}"
+        if state.mismatched:
+            detail += (
+                f", changed since applied: {', '.join(m.migration.name for m in state.mismatched)}"
+            )
+        if state.unknown:
+            detail += f", newer than this client: {', '.join(a.name for a in state.unknown)}"
+        report.add("schema", state.current, detail)
+
+    rows = conn.execute(
+        "SELECT c.relname, t.tgname, t.tgenabled FROM pg_trigger AS t "
+        "JOIN pg_class AS c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND NOT t.tgisinternal"
+    ).fetchall()
+    present = {(str(r[0]), str(r[1])): str(r[2]) for r in rows}
+    missing = [
+        f"{table}.{name}"
+        for table, names in EXPECTED_TRIGGERS.items()
+        for name in names
+        if (table, name) not in present
+    ]
+    disabled = [f"{t}.{n}" for (t, n), enabled in present.items() if enabled == "D"]
+    total = sum(len(v) for v in EXPECTED_TRIGGERS.values())
+    if missing or disabled:
+        report.add(
+            "triggers",
+            False,
+            "; ".join(
+                part
+                for part in (
+                    f"missing: {', '.join(missing)}" if missing else "",
+                    f"disabled: {', '.join(disabled)}" if disabled else "",
+                )
+                if part
+            ),
+        )
+    else:
+        report.add("triggers", True, f"{total} present and enabled")
+
+    try:
+        size = conn.execute(
+            "SELECT count(*), min(changed_at), max(changed_at) FROM datastore_changelog"
+        ).fetchone()
+        assert size is not None
+        report.changelog_rows = int(size[0])
+        report.add(
+            "changelog",
+            True,
+            f"{size[0]} changes retained"
+            + (f", oldest {size[1].isoformat()}, newest {size[2].isoformat()}" if size[0] else ""),
+        )
+        for lag in conn.execute(
+            "SELECT client_owner, client_name, collection, updated_at, expired, "
+            "pending_changes, oldest_pending_at FROM datastore_consumer_lag()"
+        ).fetchall():
+            report.consumers.append(
+                ConsumerLag(
+                    str(lag[0]), str(lag[1]), str(lag[2]), lag[3], bool(lag[4]), int(lag[5]), lag[6]
+                )
+            )
+    except psycopg.Error as err:
+        report.add("changelog", False, f"cannot read: {str(err).strip().splitlines()[0]}")
+    return report

@@ -1,0 +1,1 @@
+"""Datastore providers: ``postgresql`` (psycopg 3) and ``mongodb`` (pymongo)."""
