@@ -1,0 +1,92 @@
+"""`wait_for_rollout` (what the e2e tier waits with) judges rollouts as `kubectl rollout status`.
+
+The controllers run here but no pod ever starts, so a workload that needs a
+running pod never finishes: the wait must time out naming where it stuck, and a
+workload that needs none must be reported done.
+"""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+
+from tests.fixtures.rollout import RolloutTimeout, wait_for_rollout
+
+pytestmark = pytest.mark.cluster
+
+_POD = {
+    "metadata": {"labels": {"app": "probe"}},
+    "spec": {
+        "containers": [{"name": "probe", "image": "busybox:1.37"}],
+        "restartPolicy": "Never",
+    },
+}
+
+
+@pytest.fixture
+def api(kube_api: client.ApiClient) -> client.ApiClient:
+    return kube_api
+
+
+def _deployment(namespace: str, replicas: int) -> dict[str, object]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "probe", "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "probe"}},
+            "template": {**_POD, "spec": {**_POD["spec"], "restartPolicy": "Always"}},
+        },
+    }
+
+
+def test_deployment_without_replicas_is_rolled_out(api: client.ApiClient, namespace: str) -> None:
+    client.AppsV1Api(api).create_namespaced_deployment(namespace, _deployment(namespace, 0))
+    state = wait_for_rollout(api, "Deployment", "probe", namespace, timeout=30, interval=0.5)
+    assert state.done
+    assert state.message == "deployment probe successfully rolled out"
+
+
+def test_deployment_waits_for_available_replicas(api: client.ApiClient, namespace: str) -> None:
+    client.AppsV1Api(api).create_namespaced_deployment(namespace, _deployment(namespace, 1))
+    with pytest.raises(RolloutTimeout, match="0 of 1 updated replicas are available"):
+        wait_for_rollout(api, "Deployment", "probe", namespace, timeout=5, interval=0.5)
+
+
+def test_statefulset_waits_for_ready_pods(api: client.ApiClient, namespace: str) -> None:
+    client.AppsV1Api(api).create_namespaced_stateful_set(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "probe", "namespace": namespace},
+            "spec": {
+                "replicas": 1,
+                "serviceName": "probe",
+                "selector": {"matchLabels": {"app": "probe"}},
+                "template": {**_POD, "spec": {**_POD["spec"], "restartPolicy": "Always"}},
+            },
+        },
+    )
+    with pytest.raises(RolloutTimeout, match="0 of 1 pods are ready"):
+        wait_for_rollout(api, "StatefulSet", "probe", namespace, timeout=5, interval=0.5)
+
+
+def test_job_waits_for_completion(api: client.ApiClient, namespace: str) -> None:
+    client.BatchV1Api(api).create_namespaced_job(
+        namespace,
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "probe", "namespace": namespace},
+            "spec": {"backoffLimit": 0, "template": _POD},
+        },
+    )
+    with pytest.raises(RolloutTimeout, match="job probe: 1 active, 0 succeeded"):
+        wait_for_rollout(api, "Job", "probe", namespace, timeout=5, interval=0.5)
+
+
+def test_missing_workload_is_reported_as_not_created(api: client.ApiClient, namespace: str) -> None:
+    with pytest.raises(RolloutTimeout, match="does not exist yet"):
+        wait_for_rollout(api, "StatefulSet", "absent", namespace, timeout=1, interval=0.5)
