@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.fixtures.ca import make_pki
+from tests.fixtures.ca import issue_server_cert, make_pki
 from tests.fixtures.postgres import (
     APP_GROUP,
     APP_USER,
@@ -106,3 +106,21 @@ def test_a_server_that_cannot_start_reports_its_log_and_leaves_nothing(
     assert "could not load private key file" in str(info.value)
     assert "key values mismatch" in str(info.value)
     assert set(Path(tempfile.gettempdir()).glob("nvsentinel-pg-*")) == before
+
+
+def test_renewed_server_certificate_is_served_after_reload(
+    postgres_server: PostgresServer, postgres_database: PostgresDatabase, tmp_path: Path
+) -> None:
+    original = postgres_server.pki.server
+    renewed = issue_server_cert(postgres_server.pki.ca, tmp_path / "renewed", ["renewed.test"])
+    conninfo = postgres_database.conninfo(APP_USER, host="renewed.test")
+    try:
+        postgres_server.install_server_cert(renewed)
+        with pytest.raises(psycopg.OperationalError, match="does not match host name"):
+            psycopg.connect(conninfo).close()
+        postgres_server.reload()
+        with psycopg.connect(conninfo) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (APP_USER,)
+    finally:
+        postgres_server.install_server_cert(original)
+        postgres_server.reload()
