@@ -204,10 +204,6 @@ bootstrap() {
 }
 
 apply_schema() {
-	if ! "${VENV}/bin/python" -c 'import nvsentinel_store.cli' 2>/dev/null; then
-		log "WARNING: nvsentinel_store.cli is missing; the schema was NOT applied"
-		return 0
-	fi
 	log "applying the schema as ${MIGRATION_USER}"
 	(
 		eval "$(print_env "${MIGRATION_USER}")"
