@@ -1,0 +1,57 @@
+"""Datastore-tier fixtures on top of tests/fixtures/postgres.py: a database with the schema.
+
+``schema_database`` is a fresh database with the migrations applied by the
+Python applier as the migration role (over TLS with its client certificate),
+exactly as ``nvsentinel-store schema apply`` does; ``store`` is the
+application's :class:`PostgresStore` on it, connected as ``nvsentinel``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from nvsentinel_store import migrations
+from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
+from tests.fixtures.postgres import APP_USER, MIGRATION_USER, PostgresDatabase
+
+
+def apply_schema(database: PostgresDatabase) -> None:
+    with psycopg.connect(database.conninfo(user=MIGRATION_USER), autocommit=True) as conn:
+        migrations.apply(conn)
+
+
+@pytest.fixture
+def schema_database(postgres_database: PostgresDatabase) -> PostgresDatabase:
+    """A fresh database with every migration applied."""
+    apply_schema(postgres_database)
+    return postgres_database
+
+
+@pytest.fixture
+def store(schema_database: PostgresDatabase) -> Iterator[PostgresStore]:
+    """The application's store on ``schema_database`` (user nvsentinel, verify-full)."""
+    with PostgresStore(
+        schema_database.conninfo(user=APP_USER),
+        schema_database.name,
+        StoreOptions(max_pool_size=12, retry_timeout=60.0),
+    ) as opened:
+        yield opened
+
+
+@pytest.fixture
+def app_conn(schema_database: PostgresDatabase) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An autocommit connection as the application user."""
+    with psycopg.connect(schema_database.conninfo(user=APP_USER), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def superuser_conn(
+    schema_database: PostgresDatabase,
+) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An autocommit superuser connection (Unix socket) for test set-up only."""
+    with psycopg.connect(schema_database.superuser_conninfo(), autocommit=True) as conn:
+        yield conn
