@@ -60,7 +60,7 @@ install_venv() {
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   echo "    installing nvsentinel-store[dev] (editable, pinned)"
-  "$VENV/bin/python" -m pip install --quiet --editable "$REPO[dev]"
+  "$VENV/bin/python" -m pip install --quiet --editable "${REPO}[dev]"
   pyproject_stamp >"$stamp_file"
   elapsed "$start"
 }
