@@ -23,7 +23,6 @@ from nvsentinel_store.providers.mongodb import MongoCollection, MongoStore
 from nvsentinel_store.store import Document
 from tests.fixtures.ca import Pki
 from tests.fixtures.ferretdb import FerretDBServer
-from tests.fixtures.ferretdb import ferretdb_server as ferretdb_server  # fixture
 
 pytestmark = pytest.mark.datastore
 
