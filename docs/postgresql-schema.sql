@@ -197,38 +197,59 @@ CREATE FUNCTION public.health_events_extract() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 DECLARE
+    d jsonb := NEW.document;
+    doc_id text;
     he jsonb;
     st jsonb;
 BEGIN
-    SELECT i.id, i.version, i.document
-      INTO NEW.id, NEW.version, NEW.document
-      FROM nvsentinel_identify(TG_OP,
-                               NEW.id,
-                               CASE WHEN TG_OP = 'UPDATE' THEN OLD.id END,
-                               CASE WHEN TG_OP = 'UPDATE' THEN OLD.version END,
-                               NEW.document, NULL) AS i;
-    NEW.change_position_txid := CASE WHEN TG_OP = 'UPDATE'
-        THEN greatest(pg_current_xact_id(), OLD.change_position_txid)
-        ELSE pg_current_xact_id() END;
-    he := nvsentinel_doc_path(NEW.document, 'healthevent');
-    st := nvsentinel_doc_path(NEW.document, 'healtheventstatus');
-    NEW.node_name := nvsentinel_json_text(nvsentinel_doc_path(he, 'nodename'));
-    NEW.agent := nvsentinel_json_text(nvsentinel_doc_path(he, 'agent'));
-    NEW.component_class := nvsentinel_json_text(nvsentinel_doc_path(he, 'componentclass'));
-    NEW.check_name := nvsentinel_json_text(nvsentinel_doc_path(he, 'checkname'));
-    NEW.is_fatal := nvsentinel_json_bool(nvsentinel_doc_path(he, 'isfatal'));
-    NEW.is_healthy := nvsentinel_json_bool(nvsentinel_doc_path(he, 'ishealthy'));
-    NEW.recommended_action := nvsentinel_json_int(nvsentinel_doc_path(he, 'recommendedaction'));
-    NEW.processing_strategy := nvsentinel_json_int(nvsentinel_doc_path(he, 'processingstrategy'));
-    NEW.event_timestamp := nvsentinel_json_timestamptz(nvsentinel_doc_path(he, 'generatedtimestamp'));
-    NEW.quarantine_status := nullif(nvsentinel_json_text(nvsentinel_doc_path(st, 'nodequarantined')), '');
+    IF d IS NULL OR jsonb_typeof(d) <> 'object' THEN
+        RAISE EXCEPTION 'document must be a JSON object' USING ERRCODE = 'check_violation';
+    END IF;
+    doc_id := nvsentinel_id_text(d -> '_id');
+    IF TG_OP = 'UPDATE' THEN
+        IF NEW.id IS DISTINCT FROM OLD.id OR doc_id <> OLD.id THEN
+            RAISE EXCEPTION 'the _id of a document is immutable (was %)', OLD.id
+                USING ERRCODE = 'check_violation';
+        END IF;
+        NEW.version := OLD.version + 1;
+        NEW.change_position_txid := greatest(pg_current_xact_id(), OLD.change_position_txid);
+    ELSE
+        IF NEW.id <> doc_id THEN
+            RAISE EXCEPTION 'id % and document _id % differ', NEW.id, doc_id
+                USING ERRCODE = 'check_violation';
+        END IF;
+        NEW.id := coalesce(NEW.id, doc_id, gen_random_uuid()::text);
+        NEW.version := 1;
+        NEW.change_position_txid := pg_current_xact_id();
+    END IF;
+    IF doc_id IS NULL THEN
+        NEW.document := jsonb_set(d, '{_id}', to_jsonb(NEW.id));
+    END IF;
+
+    he := coalesce(d -> 'healthevent', d -> 'healthEvent');
+    st := coalesce(d -> 'healtheventstatus', d -> 'healthEventStatus');
+    NEW.node_name := nvsentinel_json_text(coalesce(he -> 'nodename', he -> 'nodeName'));
+    NEW.agent := nvsentinel_json_text(he -> 'agent');
+    NEW.component_class := nvsentinel_json_text(coalesce(he -> 'componentclass', he -> 'componentClass'));
+    NEW.check_name := nvsentinel_json_text(coalesce(he -> 'checkname', he -> 'checkName'));
+    NEW.is_fatal := nvsentinel_json_bool(coalesce(he -> 'isfatal', he -> 'isFatal'));
+    NEW.is_healthy := nvsentinel_json_bool(coalesce(he -> 'ishealthy', he -> 'isHealthy'));
+    NEW.recommended_action := nvsentinel_json_int(
+        coalesce(he -> 'recommendedaction', he -> 'recommendedAction'));
+    NEW.processing_strategy := nvsentinel_json_int(
+        coalesce(he -> 'processingstrategy', he -> 'processingStrategy'));
+    NEW.event_timestamp := nvsentinel_json_timestamptz(
+        coalesce(he -> 'generatedtimestamp', he -> 'generatedTimestamp'));
+    NEW.quarantine_status := nullif(nvsentinel_json_text(
+        coalesce(st -> 'nodequarantined', st -> 'nodeQuarantined')), '');
     NEW.eviction_status := nullif(nvsentinel_json_text(
-        nvsentinel_doc_path(st, 'userpodsevictionstatus', 'status')), '');
-    NEW.fault_remediated := nvsentinel_json_bool(nvsentinel_doc_path(st, 'faultremediated'));
+        coalesce(st -> 'userpodsevictionstatus', st -> 'userPodsEvictionStatus') -> 'status'), '');
+    NEW.fault_remediated := nvsentinel_json_bool(
+        coalesce(st -> 'faultremediated', st -> 'faultRemediated'));
     NEW.last_remediation_at := nvsentinel_json_timestamptz(
-        nvsentinel_doc_path(st, 'lastremediationtimestamp'));
+        coalesce(st -> 'lastremediationtimestamp', st -> 'lastRemediationTimestamp'));
     NEW.created_at := coalesce(
-        nvsentinel_json_timestamptz(nvsentinel_doc_path(NEW.document, 'createdat')),
+        nvsentinel_json_timestamptz(coalesce(d -> 'createdAt', d -> 'createdat')),
         CASE WHEN TG_OP = 'UPDATE' THEN OLD.created_at END,
         now());
     RETURN NEW;
@@ -243,78 +264,62 @@ CREATE FUNCTION public.maintenance_events_extract() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    d jsonb;
+    d jsonb := NEW.document;
+    doc_id text;
 BEGIN
-    SELECT i.id, i.version, i.document
-      INTO NEW.id, NEW.version, NEW.document
-      FROM nvsentinel_identify(TG_OP,
-                               NEW.id,
-                               CASE WHEN TG_OP = 'UPDATE' THEN OLD.id END,
-                               CASE WHEN TG_OP = 'UPDATE' THEN OLD.version END,
-                               NEW.document,
-                               nvsentinel_json_text(nvsentinel_doc_path(NEW.document, 'eventid'))) AS i;
-    NEW.change_position_txid := CASE WHEN TG_OP = 'UPDATE'
-        THEN greatest(pg_current_xact_id(), OLD.change_position_txid)
-        ELSE pg_current_xact_id() END;
-    d := NEW.document;
-    NEW.event_id := nvsentinel_json_text(nvsentinel_doc_path(d, 'eventid'));
-    NEW.csp := nvsentinel_json_text(nvsentinel_doc_path(d, 'csp'));
-    NEW.cluster_name := nvsentinel_json_text(nvsentinel_doc_path(d, 'clustername'));
-    NEW.node_name := nvsentinel_json_text(nvsentinel_doc_path(d, 'nodename'));
-    NEW.resource_type := nvsentinel_json_text(nvsentinel_doc_path(d, 'resourcetype'));
-    NEW.resource_id := nvsentinel_json_text(nvsentinel_doc_path(d, 'resourceid'));
-    NEW.maintenance_type := nvsentinel_json_text(nvsentinel_doc_path(d, 'maintenancetype'));
-    NEW.status := nvsentinel_json_text(nvsentinel_doc_path(d, 'status'));
-    NEW.csp_status := nvsentinel_json_text(nvsentinel_doc_path(d, 'cspstatus'));
-    NEW.recommended_action := nvsentinel_json_text(nvsentinel_doc_path(d, 'recommendedaction'));
-    NEW.scheduled_start_time := nvsentinel_json_timestamptz(nvsentinel_doc_path(d, 'scheduledstarttime'));
-    NEW.scheduled_end_time := nvsentinel_json_timestamptz(nvsentinel_doc_path(d, 'scheduledendtime'));
-    NEW.actual_start_time := nvsentinel_json_timestamptz(nvsentinel_doc_path(d, 'actualstarttime'));
-    NEW.actual_end_time := nvsentinel_json_timestamptz(nvsentinel_doc_path(d, 'actualendtime'));
-    NEW.event_received_at := nvsentinel_json_timestamptz(nvsentinel_doc_path(d, 'eventreceivedtimestamp'));
-    NEW.last_updated_at := nvsentinel_json_timestamptz(nvsentinel_doc_path(d, 'lastupdatedtimestamp'));
+    IF d IS NULL OR jsonb_typeof(d) <> 'object' THEN
+        RAISE EXCEPTION 'document must be a JSON object' USING ERRCODE = 'check_violation';
+    END IF;
+    doc_id := nvsentinel_id_text(d -> '_id');
+    NEW.event_id := nvsentinel_json_text(coalesce(d -> 'eventId', d -> 'eventid'));
+    IF TG_OP = 'UPDATE' THEN
+        IF NEW.id IS DISTINCT FROM OLD.id OR doc_id <> OLD.id THEN
+            RAISE EXCEPTION 'the _id of a document is immutable (was %)', OLD.id
+                USING ERRCODE = 'check_violation';
+        END IF;
+        NEW.version := OLD.version + 1;
+        NEW.change_position_txid := greatest(pg_current_xact_id(), OLD.change_position_txid);
+    ELSE
+        IF NEW.id <> doc_id THEN
+            RAISE EXCEPTION 'id % and document _id % differ', NEW.id, doc_id
+                USING ERRCODE = 'check_violation';
+        END IF;
+        NEW.id := coalesce(NEW.id, doc_id, NEW.event_id, gen_random_uuid()::text);
+        NEW.version := 1;
+        NEW.change_position_txid := pg_current_xact_id();
+    END IF;
+    IF doc_id IS NULL THEN
+        NEW.document := jsonb_set(d, '{_id}', to_jsonb(NEW.id));
+    END IF;
+
+    NEW.csp := nvsentinel_json_text(d -> 'csp');
+    NEW.cluster_name := nvsentinel_json_text(coalesce(d -> 'clusterName', d -> 'clustername'));
+    NEW.node_name := nvsentinel_json_text(coalesce(d -> 'nodeName', d -> 'nodename'));
+    NEW.resource_type := nvsentinel_json_text(coalesce(d -> 'resourceType', d -> 'resourcetype'));
+    NEW.resource_id := nvsentinel_json_text(coalesce(d -> 'resourceId', d -> 'resourceid'));
+    NEW.maintenance_type := nvsentinel_json_text(
+        coalesce(d -> 'maintenanceType', d -> 'maintenancetype'));
+    NEW.status := nvsentinel_json_text(d -> 'status');
+    NEW.csp_status := nvsentinel_json_text(coalesce(d -> 'cspStatus', d -> 'cspstatus'));
+    NEW.recommended_action := nvsentinel_json_text(
+        coalesce(d -> 'recommendedAction', d -> 'recommendedaction'));
+    NEW.scheduled_start_time := nvsentinel_json_timestamptz(
+        coalesce(d -> 'scheduledStartTime', d -> 'scheduledstarttime'));
+    NEW.scheduled_end_time := nvsentinel_json_timestamptz(
+        coalesce(d -> 'scheduledEndTime', d -> 'scheduledendtime'));
+    NEW.actual_start_time := nvsentinel_json_timestamptz(
+        coalesce(d -> 'actualStartTime', d -> 'actualstarttime'));
+    NEW.actual_end_time := nvsentinel_json_timestamptz(
+        coalesce(d -> 'actualEndTime', d -> 'actualendtime'));
+    NEW.event_received_at := nvsentinel_json_timestamptz(
+        coalesce(d -> 'eventReceivedTimestamp', d -> 'eventreceivedtimestamp'));
+    NEW.last_updated_at := nvsentinel_json_timestamptz(
+        coalesce(d -> 'lastUpdatedTimestamp', d -> 'lastupdatedtimestamp'));
     NEW.created_at := coalesce(
-        nvsentinel_json_timestamptz(nvsentinel_doc_path(d, 'createdat')),
+        nvsentinel_json_timestamptz(coalesce(d -> 'createdAt', d -> 'createdat')),
         CASE WHEN TG_OP = 'UPDATE' THEN OLD.created_at END,
         now());
     RETURN NEW;
-END
-$$;
-
---
--- Name: nvsentinel_doc_path(jsonb, text[]); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.nvsentinel_doc_path(doc jsonb, VARIADIC path text[]) RETURNS jsonb
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    AS $$
-DECLARE
-    cur jsonb := doc;
-    step text;
-    k text;
-    matched boolean;
-BEGIN
-    FOREACH step IN ARRAY path LOOP
-        IF cur IS NULL OR jsonb_typeof(cur) <> 'object' THEN
-            RETURN NULL;
-        END IF;
-        IF cur ? step THEN
-            cur := cur -> step;
-        ELSE
-            matched := false;
-            FOR k IN SELECT jsonb_object_keys(cur) LOOP
-                IF lower(k) = step THEN
-                    cur := cur -> k;
-                    matched := true;
-                    EXIT;
-                END IF;
-            END LOOP;
-            IF NOT matched THEN
-                RETURN NULL;
-            END IF;
-        END IF;
-    END LOOP;
-    RETURN cur;
 END
 $$;
 
@@ -326,46 +331,10 @@ CREATE FUNCTION public.nvsentinel_id_text(v jsonb) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $_$
     SELECT CASE
-        WHEN jsonb_typeof(v) = 'object' AND jsonb_typeof(v -> '$oid') = 'string' THEN v ->> '$oid'
+        WHEN jsonb_typeof(v -> '$oid') = 'string' THEN v ->> '$oid'
         ELSE nvsentinel_json_text(v)
     END
 $_$;
-
---
--- Name: nvsentinel_identify(text, text, text, bigint, jsonb, text); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.nvsentinel_identify(op text, new_id text, old_id text, old_version bigint, doc jsonb, fallback_id text, OUT id text, OUT version bigint, OUT document jsonb) RETURNS record
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-    doc_id text := nvsentinel_id_text(doc -> '_id');
-BEGIN
-    IF doc IS NULL OR jsonb_typeof(doc) <> 'object' THEN
-        RAISE EXCEPTION 'document must be a JSON object'
-            USING ERRCODE = 'check_violation';
-    END IF;
-    IF op = 'UPDATE' THEN
-        IF new_id IS DISTINCT FROM old_id OR (doc_id IS NOT NULL AND doc_id <> old_id) THEN
-            RAISE EXCEPTION 'the _id of a document is immutable (was %)', old_id
-                USING ERRCODE = 'check_violation';
-        END IF;
-        id := old_id;
-        version := old_version + 1;
-    ELSE
-        IF new_id IS NOT NULL AND doc_id IS NOT NULL AND new_id <> doc_id THEN
-            RAISE EXCEPTION 'id % and document _id % differ', new_id, doc_id
-                USING ERRCODE = 'check_violation';
-        END IF;
-        id := coalesce(new_id, doc_id, fallback_id, gen_random_uuid()::text);
-        version := 1;
-    END IF;
-    document := doc;
-    IF doc_id IS NULL THEN
-        document := jsonb_set(doc, '{_id}', to_jsonb(id));
-    END IF;
-END
-$$;
 
 --
 -- Name: nvsentinel_json_bool(jsonb); Type: FUNCTION; Schema: public; Owner: -
@@ -401,11 +370,7 @@ $_$;
 CREATE FUNCTION public.nvsentinel_json_text(v jsonb) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
-    SELECT CASE jsonb_typeof(v)
-        WHEN 'string' THEN v #>> '{}'
-        WHEN 'number' THEN v #>> '{}'
-        WHEN 'boolean' THEN v #>> '{}'
-    END
+    SELECT CASE WHEN jsonb_typeof(v) IN ('string', 'number', 'boolean') THEN v #>> '{}' END
 $$;
 
 --
@@ -413,43 +378,35 @@ $$;
 --
 
 CREATE FUNCTION public.nvsentinel_json_timestamptz(v jsonb) RETURNS timestamp with time zone
-    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     AS $_$
-DECLARE
-    s text;
-    secs numeric;
-    nanos numeric;
-BEGIN
-    CASE jsonb_typeof(v)
-    WHEN 'string' THEN
-        s := v #>> '{}';
-        IF s ~ '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)?$' THEN
-            RETURN s::timestamptz;
-        END IF;
-    WHEN 'number' THEN
-        RETURN to_timestamp((v #>> '{}')::double precision);
-    WHEN 'object' THEN
-        IF v ? '$date' THEN
-            IF jsonb_typeof(v -> '$date') = 'string' THEN
-                RETURN nvsentinel_json_timestamptz(v -> '$date');
-            END IF;
-            s := coalesce(v -> '$date' ->> '$numberLong', v ->> '$date');
-            IF s ~ '^-?\d+$' THEN
-                RETURN to_timestamp(s::numeric / 1000);
-            END IF;
-            RETURN NULL;
-        END IF;
-        s := nvsentinel_json_text(nvsentinel_doc_path(v, 'seconds'));
-        IF s ~ '^-?\d+$' THEN
-            secs := s::numeric;
-            nanos := coalesce(nullif(nvsentinel_json_text(nvsentinel_doc_path(v, 'nanos')), '')::numeric, 0);
-            RETURN to_timestamp((secs + nanos / 1000000000)::double precision);
-        END IF;
-    ELSE
-        NULL;
-    END CASE;
-    RETURN NULL;
-END
+    SELECT CASE jsonb_typeof(v)
+        WHEN 'string' THEN nvsentinel_text_timestamptz(v #>> '{}')
+        WHEN 'number' THEN to_timestamp((v #>> '{}')::double precision)
+        WHEN 'object' THEN CASE
+            WHEN jsonb_typeof(v -> '$date') = 'string'
+                THEN nvsentinel_text_timestamptz(v ->> '$date')
+            WHEN coalesce(v -> '$date' ->> '$numberLong', v ->> '$date') ~ '^-?\d{1,15}$'
+                THEN to_timestamp(coalesce(v -> '$date' ->> '$numberLong', v ->> '$date')::numeric / 1000)
+            WHEN (v ->> 'seconds') ~ '^-?\d{1,12}$'
+                THEN to_timestamp((v ->> 'seconds')::numeric
+                     + CASE WHEN (v ->> 'nanos') ~ '^\d{1,9}$'
+                            THEN (v ->> 'nanos')::numeric / 1000000000 ELSE 0 END)
+        END
+    END
+$_$;
+
+--
+-- Name: nvsentinel_text_timestamptz(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.nvsentinel_text_timestamptz(s text) RETURNS timestamp with time zone
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $_$
+    SELECT CASE
+        WHEN s ~ '^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*([Zz]|[+-]\d{2}(:?\d{2})?)?$'
+            THEN s::timestamptz
+    END
 $_$;
 
 SET default_tablespace = '';
