@@ -170,12 +170,27 @@ build_kind() {
 }
 
 build_tilt() {
-	local out="$1" version="$2" ldflags
-	# The web UI bundle is not part of the module: tilt then serves no UI
-	# from the binary, but its CLI (up, ci, version, alpha) works.
+	local out="$1" version="$2" ldflags src work
+	# tilt embeds its web UI from pkg/assets/build, but the module does not
+	# hold the built bundle, and without it `tilt up`/`tilt ci` refuse to run.
+	# So tilt is built from a writable copy of the module (outside the
+	# checkout, removed afterwards) given a placeholder index page, through a
+	# temporary copy of the wrapper's go.mod that points at the copy.
+	src="$(module_file "github.com/tilt-dev/tilt@${version}" Dir tilt)"
+	work="${out}/.src"
+	mkdir -p "${work}"
+	cp -R "${src}" "${work}/tilt"
+	chmod -R u+w "${work}/tilt"
+	cp "${TOOLS_DIR}/tilt/web-placeholder/index.html" "${work}/tilt/pkg/assets/build/index.html"
+	cp "${TOOLS_DIR}/tilt/go.mod" "${work}/go.mod"
+	cp "${TOOLS_DIR}/tilt/go.sum" "${work}/go.sum"
+	printf '\nreplace github.com/tilt-dev/tilt => %s\n' "${work}/tilt" >>"${work}/go.mod"
 	ldflags="-s -w -X main.version=${version#v} -X main.date=$(build_date)"
 	ldflags+=" -X github.com/tilt-dev/tilt/internal/cli.commitSHA=$(origin_commit "github.com/tilt-dev/tilt@${version}" tilt)"
-	go_build_wrapper tilt "${out}/tilt" "${ldflags}" github.com/tilt-dev/tilt/cmd/tilt
+	# Tiltfile parsing uses tree-sitter, a C library: tilt needs cgo (a C compiler).
+	(cd "${TOOLS_DIR}/tilt" && CGO_ENABLED=1 go build -modfile="${work}/go.mod" -mod=readonly \
+		-trimpath -ldflags "${ldflags}" -o "${out}/tilt" github.com/tilt-dev/tilt/cmd/tilt)
+	rm -rf "${work}"
 }
 
 # build_into_cache TOOL VERSION: build TOOL into its cache entry unless there.
@@ -183,6 +198,8 @@ build_into_cache() {
 	local tool="$1" version="$2" entry="${CACHE_DIR}/$1-$2" tmp
 	[[ -x "${entry}/${tool}" ]] && return 0
 	tmp="$(mktemp -d "${CACHE_DIR}/.build-${tool}.XXXXXX")"
+	# shellcheck disable=SC2064 # the directory is known now
+	trap "rm -rf '${tmp}'" EXIT
 	case "${tool}" in
 		helm) build_helm "${tmp}" "${version}" ;;
 		helm3) build_helm3 "${tmp}" "${version}" ;;
@@ -194,6 +211,7 @@ build_into_cache() {
 	[[ -x "${tmp}/${tool}" ]] || die "${tool} ${version}: the build produced no ${tool} binary"
 	rm -rf "${entry}"
 	mv "${tmp}" "${entry}"
+	trap - EXIT
 }
 
 # install_from_cache TOOL VERSION: copy the cached binary into .bin/ atomically.
