@@ -658,7 +658,7 @@ CREATE INDEX health_events_eviction_status_idx ON public.health_events USING btr
 -- Name: health_events_fatal_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX health_events_fatal_idx ON public.health_events USING btree (node_name, created_at DESC) WHERE is_fatal;
+CREATE INDEX health_events_fatal_idx ON public.health_events USING btree (created_at DESC) WHERE is_fatal;
 
 --
 -- Name: health_events_node_created_idx; Type: INDEX; Schema: public; Owner: -

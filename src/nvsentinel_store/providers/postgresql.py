@@ -262,9 +262,12 @@ class PostgresCollection:
     def _select(self, filter: Filter | None, sort: SortSpec | None, limit: int) -> sql.Composed:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise QueryError(f"limit must be a non-negative integer, got {limit!r}")
-        query = sql.SQL("SELECT document FROM {} WHERE {} ORDER BY {}").format(
-            self._table, self._target.where(parse_filter(filter)), self._target.order_by(sort)
+        query = sql.SQL("SELECT document FROM {} WHERE {}").format(
+            self._table, self._target.where(parse_filter(filter))
         )
+        order = self._target.order_by(sort)
+        if order is not None:
+            query = sql.SQL("{} ORDER BY {}").format(query, order)
         if limit:
             query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(limit))
         return query

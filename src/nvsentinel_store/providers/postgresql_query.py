@@ -50,6 +50,8 @@ class Column:
     type: str  # text | boolean | integer | timestamptz
     #: Whether the trigger stores '' as NULL (then '' and None must use the document).
     empty_is_null: bool = False
+    #: Never NULL: sorting needs no NULLS clause, so it matches the indexes' order.
+    not_null: bool = False
 
 
 HEALTH_EVENT_COLUMNS: Final[Mapping[str, Column]] = {
@@ -61,13 +63,14 @@ HEALTH_EVENT_COLUMNS: Final[Mapping[str, Column]] = {
     "healthevent.ishealthy": Column("is_healthy", "boolean"),
     "healthevent.recommendedaction": Column("recommended_action", "integer"),
     "healthevent.processingstrategy": Column("processing_strategy", "integer"),
+    "healthevent.generatedtimestamp": Column("event_timestamp", "timestamptz"),
     "healtheventstatus.nodequarantined": Column("quarantine_status", "text", empty_is_null=True),
     "healtheventstatus.userpodsevictionstatus.status": Column(
         "eviction_status", "text", empty_is_null=True
     ),
     "healtheventstatus.faultremediated": Column("fault_remediated", "boolean"),
     "healtheventstatus.lastremediationtimestamp": Column("last_remediation_at", "timestamptz"),
-    "createdat": Column("created_at", "timestamptz"),
+    "createdat": Column("created_at", "timestamptz", not_null=True),
 }
 
 MAINTENANCE_EVENT_COLUMNS: Final[Mapping[str, Column]] = {
@@ -87,7 +90,7 @@ MAINTENANCE_EVENT_COLUMNS: Final[Mapping[str, Column]] = {
     "actualendtime": Column("actual_end_time", "timestamptz"),
     "eventreceivedtimestamp": Column("event_received_at", "timestamptz"),
     "lastupdatedtimestamp": Column("last_updated_at", "timestamptz"),
-    "createdat": Column("created_at", "timestamptz"),
+    "createdat": Column("created_at", "timestamptz", not_null=True),
 }
 
 TABLE_COLUMNS: Final[Mapping[str, Mapping[str, Column]]] = {
@@ -229,8 +232,11 @@ class TableTarget:
                 return translated
         return document_condition(self.document, cond)
 
-    def order_by(self, sort: Any) -> sql.Composable:
-        """ORDER BY items for a pymongo-style sort, ``id`` last for a stable order."""
+    def order_by(self, sort: Any) -> sql.Composable | None:
+        """ORDER BY items for a pymongo-style sort (``None``: no order, as MongoDB's natural one).
+
+        Missing values sort first ascending and last descending, as on MongoDB.
+        """
         items: list[sql.Composable] = []
         for entry in sort or ():
             if not isinstance(entry, tuple | list) or len(entry) != 2:
@@ -247,10 +253,12 @@ class TableTarget:
                 expr = sql.Identifier(column.name)
             else:
                 expr = sql.SQL("({} #> {})").format(self.document, sql.Literal(list(path)))
-            nulls = sql.SQL("NULLS FIRST" if direction == 1 else "NULLS LAST")
-            items.append(sql.SQL("{} {} {}").format(expr, order, nulls))
-        items.append(sql.SQL("id ASC"))
-        return sql.SQL(", ").join(items)
+            if path == ("_id",) or (column is not None and column.not_null):
+                items.append(sql.SQL("{} {}").format(expr, order))
+            else:
+                nulls = sql.SQL("NULLS FIRST" if direction == 1 else "NULLS LAST")
+                items.append(sql.SQL("{} {} {}").format(expr, order, nulls))
+        return sql.SQL(", ").join(items) if items else None
 
 
 def _id_condition(cond: Cond) -> sql.Composable:

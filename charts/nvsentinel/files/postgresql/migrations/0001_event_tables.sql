@@ -204,8 +204,8 @@ CREATE INDEX health_events_quarantine_status_idx ON health_events (quarantine_st
 CREATE INDEX health_events_eviction_status_idx ON health_events (eviction_status, created_at DESC);
 -- Events by agent and check.
 CREATE INDEX health_events_agent_check_idx ON health_events (agent, check_name, created_at DESC);
--- Fatal events (a small share of all events).
-CREATE INDEX health_events_fatal_idx ON health_events (node_name, created_at DESC) WHERE is_fatal;
+-- Fatal events, newest first (a small share of all events).
+CREATE INDEX health_events_fatal_idx ON health_events (created_at DESC) WHERE is_fatal;
 -- Unremediated events: fault_remediated false or not set.
 CREATE INDEX health_events_unremediated_idx ON health_events (node_name, created_at DESC)
     WHERE fault_remediated IS NOT TRUE;
