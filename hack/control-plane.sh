@@ -189,7 +189,8 @@ EOF
 start() {
 	local name="$1"
 	shift
-	setsid "${BIN_DIR}/${name}" "$@" </dev/null >"$(log_file "${name}")" 2>&1 &
+	# fd 9 is the state lock: the components must not inherit (and hold) it.
+	setsid "${BIN_DIR}/${name}" "$@" </dev/null >"$(log_file "${name}")" 2>&1 9>&- &
 	echo "$!" >"$(pid_file "${name}")"
 }
 
@@ -356,11 +357,12 @@ print_export() {
 	echo "export KUBECONFIG=$(kubeconfig_path)"
 }
 
-# take_lock: serialise up and down on one state directory.
+# take_lock: serialise up and down on one state directory. Returns non-zero
+# when another holder keeps the lock past the timeout.
 take_lock() {
 	mkdir -p "$(dirname "${STATE_DIR}")"
 	exec 9>"${STATE_DIR%/}.lock"
-	flock 9
+	flock -w $((READY_TIMEOUT_SECONDS + 30)) 9
 }
 
 # on_up_exit: when up fails half-way, stop what it started (logs stay).
@@ -373,7 +375,7 @@ on_up_exit() {
 
 cmd_up() {
 	local start_time
-	take_lock
+	take_lock || die "another hack/control-plane.sh holds ${STATE_DIR%/}.lock"
 	if [[ -d "${STATE_DIR}" ]] && is_running; then
 		log "control-plane: already running (state in ${STATE_DIR})"
 		print_export
@@ -412,7 +414,7 @@ cmd_down() {
 		return 0
 	fi
 	[[ -f "${STATE_DIR}/${MARKER}" ]] || die "${STATE_DIR} was not made by this script; not touching it"
-	take_lock
+	take_lock || log "control-plane: ${STATE_DIR%/}.lock is held; stopping anyway"
 	stop_all
 	remove_state
 	log "control-plane: stopped, ${STATE_DIR} removed"
