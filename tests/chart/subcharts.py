@@ -8,6 +8,7 @@ for the configuration files the subcharts render.
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -167,3 +168,29 @@ def parse_postgresql_conf(text: str) -> dict[str, str]:
             value = value[1:-1].replace("''", "'")
         settings[name] = value
     return settings
+
+
+def unread_values(name: str) -> list[str]:
+    """Keys of the subchart's values.yaml that no template reads (itself or as a whole map)."""
+    values = yaml.safe_load((subchart_path(name) / "values.yaml").read_text())
+    templates = "".join(p.read_text() for p in (subchart_path(name) / "templates").iterdir())
+
+    def leaves(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+        found: list[tuple[str, ...]] = []
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                found += leaves(value, (*prefix, key))
+            else:
+                found.append((*prefix, key))
+        return found
+
+    def read(path: tuple[str, ...], whole: bool) -> bool:
+        ref = re.escape(".Values." + ".".join(path))
+        return re.search(ref + (r"(?![\w.])" if whole else r"(?!\w)"), templates) is not None
+
+    unread = []
+    for path in leaves(values):
+        parents = (path[:i] for i in range(len(path) - 1, 0, -1))
+        if not read(path, whole=False) and not any(read(p, whole=True) for p in parents):
+            unread.append(".".join(path))
+    return unread

@@ -25,6 +25,7 @@ from tests.chart.subcharts import (
     render_subchart,
     selects,
     subchart_path,
+    unread_values,
     volume,
 )
 from tests.fixtures import chart
@@ -208,6 +209,20 @@ def test_schema_rejects_a_wrong_type_and_names_the_key() -> None:
 def test_schema_rejects_an_x509_user_without_roles() -> None:
     message = render_error("mongodb", ["auth.x509Users[0].subject=CN=x"])
     assert "/auth/x509Users/0" in message and "roles" in message
+
+
+def test_every_value_is_read_by_a_template() -> None:
+    assert unread_values("mongodb") == []
+
+
+def test_roles_without_a_database_apply_to_auth_database() -> None:
+    values = env(container(pod_spec(init_job(render("auth.database=events"))), "init"))
+    [user] = json.loads(values["NVS_X509_USERS"])
+    assert user["roles"] == [{"role": "readWrite", "db": "events"}]
+    assert (
+        init_job(render("auth.database=events"))["metadata"]["name"]
+        != init_job(render())["metadata"]["name"]
+    )
 
 
 def test_tls_pem_script_answers_help() -> None:

@@ -23,6 +23,7 @@ from tests.chart.subcharts import (
     render_subchart,
     selects,
     subchart_path,
+    unread_values,
     volume,
 )
 from tests.fixtures import chart
@@ -434,6 +435,10 @@ def test_schema_refuses_overriding_a_setting_the_chart_manages() -> None:
 def test_schema_refuses_a_tls_version_below_1_2() -> None:
     message = render_error("postgresql", ["tls.minProtocolVersion=TLSv1.1"])
     assert "/tls/minProtocolVersion" in message
+
+
+def test_every_value_is_read_by_a_template() -> None:
+    assert unread_values("postgresql") == []
 
 
 # --- scripts and lint -------------------------------------------------------------------------
