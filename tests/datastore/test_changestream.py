@@ -1,0 +1,222 @@
+"""Change streams: event shape, start positions, resume, retention, server restarts."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from nvsentinel_store.changestream import PostgresChangeStream
+from nvsentinel_store.errors import HistoryLostError, QueryError
+from nvsentinel_store.providers.postgresql import PostgresCollection, PostgresStore
+from nvsentinel_store.store import ChangeEvent, WatchOptions
+from tests.fixtures.postgres import PostgresDatabase
+
+pytestmark = pytest.mark.datastore
+
+FAST = WatchOptions(poll_interval=0.02)
+
+
+def take(stream: PostgresChangeStream, count: int, timeout: float = 10.0) -> list[ChangeEvent]:
+    """Exactly ``count`` events (fails if they do not arrive within ``timeout``)."""
+    events: list[ChangeEvent] = []
+    deadline = time.monotonic() + timeout
+    while len(events) < count:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"only {len(events)} of {count} events arrived"
+        event = stream.try_next(timeout=remaining)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def nothing_more(stream: PostgresChangeStream, wait: float = 0.3) -> bool:
+    return stream.try_next(timeout=wait) is None
+
+
+def node_event(node: str, **extra: Any) -> dict[str, Any]:
+    return {"healthevent": {"nodename": node, "isfatal": False}, **extra}
+
+
+@pytest.fixture
+def events(store: PostgresStore) -> PostgresCollection:
+    return store.collection("health_events")
+
+
+def test_events_have_mongodb_shape(
+    events: PostgresCollection, schema_database: PostgresDatabase
+) -> None:
+    stream = events.watch(options=FAST)
+    doc_id = events.insert_one(node_event("n1", healtheventstatus={"nodequarantined": ""}))
+    events.update_one(
+        {"_id": doc_id},
+        {
+            "$set": {"healtheventstatus.nodequarantined": "Quarantined"},
+            "$unset": {"healthevent.isfatal": ""},
+        },
+    )
+    events.delete_one({"_id": doc_id})
+    insert, update, delete = take(stream, 3)
+
+    assert insert["operationType"] == "insert"
+    assert insert["ns"] == {"db": schema_database.name, "coll": "health_events"}
+    assert insert["documentKey"] == {"_id": doc_id}
+    assert insert["fullDocument"]["_id"] == doc_id
+    assert insert["fullDocument"]["healthevent"] == {"nodename": "n1", "isfatal": False}
+    assert isinstance(insert["clusterTime"], datetime)
+    assert set(insert["_id"]) == {"_data"}
+
+    assert update["operationType"] == "update"
+    assert update["updateDescription"] == {
+        "updatedFields": {"healtheventstatus.nodequarantined": "Quarantined"},
+        "removedFields": ["healthevent.isfatal"],
+        "truncatedArrays": [],
+    }
+    assert update["fullDocument"]["healtheventstatus"]["nodequarantined"] == "Quarantined"
+    assert update["fullDocumentBeforeChange"]["healtheventstatus"]["nodequarantined"] == ""
+    assert (insert["documentVersion"], update["documentVersion"]) == (1, 2)
+
+    assert delete["operationType"] == "delete"
+    assert delete["documentKey"] == {"_id": doc_id}
+    assert "fullDocument" not in delete
+    assert insert["_id"]["_data"] < update["_id"]["_data"] < delete["_id"]["_data"]
+
+
+def test_update_that_changes_nothing_produces_no_event(events: PostgresCollection) -> None:
+    doc_id = events.insert_one(node_event("n1"))
+    stream = events.watch(options=FAST)
+    result = events.update_one({"_id": doc_id}, {"$set": {"healthevent.nodename": "n1"}})
+    assert (result.matched_count, result.modified_count) == (1, 0)
+    assert nothing_more(stream)
+
+
+def test_start_from_now_skips_earlier_changes(events: PostgresCollection) -> None:
+    events.insert_one(node_event("before"))
+    stream = events.watch(options=FAST)
+    events.insert_one(node_event("after"))
+    (event,) = take(stream, 1)
+    assert event["fullDocument"]["healthevent"]["nodename"] == "after"
+    assert nothing_more(stream)
+
+
+def test_from_beginning_starts_at_the_oldest_retained_change(events: PostgresCollection) -> None:
+    for node in ("a", "b", "c"):
+        events.insert_one(node_event(node))
+    stream = events.watch(from_beginning=True, options=FAST)
+    nodes = [e["fullDocument"]["healthevent"]["nodename"] for e in take(stream, 3)]
+    assert nodes == ["a", "b", "c"]
+
+
+def test_resume_after_a_token_continues_with_the_next_change(events: PostgresCollection) -> None:
+    stream = events.watch(options=FAST)
+    for n in range(5):
+        events.insert_one(node_event(f"n{n}"))
+    first_two = take(stream, 2)
+    stream.close()
+    resumed = events.watch(resume_after=first_two[-1]["_id"], options=FAST)
+    rest = take(resumed, 3)
+    assert [e["fullDocument"]["healthevent"]["nodename"] for e in rest] == ["n2", "n3", "n4"]
+    assert nothing_more(resumed)
+
+
+def test_consumer_resumes_from_its_stored_token(events: PostgresCollection) -> None:
+    stream = events.watch(client_name="node-drainer", options=FAST)
+    for n in range(4):
+        events.insert_one(node_event(f"n{n}"))
+    take(stream, 1)
+    stream.save_token()
+    stream.close()
+    # Another consumer's token does not move this one.
+    other = events.watch(client_name="fault-remediation", from_beginning=True, options=FAST)
+    take(other, 4)
+    other.save_token()
+    resumed = events.watch(client_name="node-drainer", options=FAST)
+    nodes = [e["fullDocument"]["healthevent"]["nodename"] for e in take(resumed, 3)]
+    assert nodes == ["n1", "n2", "n3"]
+
+
+def test_a_foreign_token_is_refused(events: PostgresCollection) -> None:
+    with pytest.raises(QueryError, match="resume token"):
+        events.watch(resume_after={"_data": "826656A1F2000000012B"})
+
+
+def test_pruning_past_a_silent_consumer_loses_its_history(
+    store: PostgresStore, events: PostgresCollection
+) -> None:
+    silent = events.watch(client_name="silent", options=FAST)
+    silent.save_token()
+    silent.close()
+    live = events.watch(client_name="live", options=FAST)
+    for n in range(10):
+        events.insert_one(node_event(f"n{n}"))
+    take(live, 10)
+    time.sleep(1.2)
+    live.save_token()  # the live consumer stored its position within the max age
+
+    results = {r.collection: r for r in store.prune(1.0)}
+    assert results["health_events"].deleted_changes == 10
+    assert results["health_events"].expired_consumers == 1
+
+    with pytest.raises(HistoryLostError) as lost:
+        events.watch(client_name="silent")
+    assert lost.value.code == 286
+    assert "silent" in str(lost.value)
+    resumed_live = events.watch(client_name="live", options=FAST)
+    assert nothing_more(resumed_live)
+
+
+def test_pruning_keeps_what_a_live_consumer_has_not_read(
+    store: PostgresStore, events: PostgresCollection
+) -> None:
+    lagging = events.watch(client_name="lagging", options=FAST)
+    for n in range(10):
+        events.insert_one(node_event(f"n{n}"))
+    take(lagging, 3)
+    time.sleep(1.2)
+    lagging.save_token()
+    lagging.close()
+
+    results = {r.collection: r for r in store.prune(1.0)}
+    assert results["health_events"].deleted_changes == 3
+    resumed = events.watch(client_name="lagging", options=FAST)
+    nodes = [e["fullDocument"]["healthevent"]["nodename"] for e in take(resumed, 7)]
+    assert nodes == [f"n{n}" for n in range(3, 10)]
+
+
+def test_stream_without_a_consumer_name_reports_history_lost_mid_stream(
+    store: PostgresStore, events: PostgresCollection
+) -> None:
+    stream = events.watch(from_beginning=True, options=FAST)
+    for n in range(5):
+        events.insert_one(node_event(f"n{n}"))
+    take(stream, 2)  # reads the whole batch, returns two
+    for n in range(5, 8):
+        events.insert_one(node_event(f"n{n}"))
+    store.prune(0.0)
+    with pytest.raises(HistoryLostError):
+        take(stream, 6)
+
+
+def test_watch_survives_a_server_restart(
+    schema_database: PostgresDatabase, store: PostgresStore, events: PostgresCollection
+) -> None:
+    stream = events.watch(client_name="restart", options=FAST)
+    before = [events.insert_one(node_event(f"before-{n}")) for n in range(20)]
+    got = take(stream, 10)
+    schema_database.server.restart()
+    after = [events.insert_one(node_event(f"after-{n}")) for n in range(20)]
+    got += take(stream, 30, timeout=60)
+    assert [e["documentKey"]["_id"] for e in got] == before + after
+    assert nothing_more(stream)
+    assert stream.reconnects >= 1
+
+
+def test_unknown_pipeline_stage_or_operator_is_refused(events: PostgresCollection) -> None:
+    with pytest.raises(QueryError, match=r"\$project"):
+        events.watch([{"$project": {"fullDocument": 1}}])
+    with pytest.raises(QueryError, match=r"\$regex"):
+        events.watch([{"$match": {"fullDocument.healthevent.nodename": {"$regex": "^n"}}}])
+    with pytest.raises(QueryError, match=r"\$where"):
+        events.watch([{"$match": {"$where": "true"}}])
