@@ -61,6 +61,18 @@ now() {
 	date +%s.%N
 }
 
+seconds_since() {
+	awk -v s="$1" -v e="$(now)" 'BEGIN { printf "%.1f", e - s }'
+}
+
+# step WHAT FUNCTION: run FUNCTION and log how long it took.
+step() {
+	local what="$1" start
+	start="$(now)"
+	"$2"
+	log "control-plane: ${what} in $(seconds_since "${start}")s"
+}
+
 pki() {
 	echo "${STATE_DIR}/pki/$1"
 }
@@ -304,10 +316,10 @@ install_cert_manager_crds() {
 	local dir file names=()
 	dir="$(cert_manager_crds_dir)"
 	for file in "${dir}"/*.yaml; do
-		"${BIN_DIR}/kubectl" --kubeconfig="$(kubeconfig_path)" apply --server-side \
-			--field-manager=nvsentinel-control-plane -f "${file}" >/dev/null
 		names+=("crd/$(awk '/^  name: / { print $2; exit }' "${file}")")
 	done
+	"${BIN_DIR}/kubectl" --kubeconfig="$(kubeconfig_path)" apply --server-side \
+		--field-manager=nvsentinel-control-plane -f "${dir}" >/dev/null
 	"${BIN_DIR}/kubectl" --kubeconfig="$(kubeconfig_path)" wait --for=condition=Established \
 		--timeout="${READY_TIMEOUT_SECONDS}s" "${names[@]}" >/dev/null
 }
@@ -324,11 +336,18 @@ is_running() {
 		--key "$(pki admin.key)" "https://127.0.0.1:${APISERVER_PORT}/readyz" 2>/dev/null || true)" == ok ]]
 }
 
-stop_component() {
-	local name="$1" pid i
-	pid="$(component_pid "${name}")"
-	if [[ -n "${pid}" ]]; then
-		kill -TERM "${pid}" 2>/dev/null || true
+# stop_all: TERM every component at once (the state goes away with them, so
+# there is nothing to hand over in order), then KILL what is left after 10s.
+stop_all() {
+	local name pid pids=() i
+	for name in "${COMPONENTS[@]}"; do
+		pid="$(component_pid "${name}")"
+		if [[ -n "${pid}" ]]; then
+			pids+=("${pid}")
+			kill -TERM "${pid}" 2>/dev/null || true
+		fi
+	done
+	for pid in "${pids[@]}"; do
 		for ((i = 0; i < 100; i++)); do
 			[[ -d "/proc/${pid}" ]] || break
 			sleep 0.1
@@ -336,14 +355,9 @@ stop_component() {
 		if [[ -d "/proc/${pid}" ]]; then
 			kill -KILL "${pid}" 2>/dev/null || true
 		fi
-	fi
-	rm -f "$(pid_file "${name}")"
-}
-
-stop_all() {
-	local i
-	for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-		stop_component "${COMPONENTS[i]}"
+	done
+	for name in "${COMPONENTS[@]}"; do
+		rm -f "$(pid_file "${name}")"
 	done
 }
 
@@ -395,15 +409,15 @@ cmd_up() {
 	printf '%s\n' "ETCD_PORT=${ETCD_PORT}" "ETCD_PEER_PORT=${ETCD_PEER_PORT}" \
 		"APISERVER_PORT=${APISERVER_PORT}" "CONTROLLER_MANAGER_PORT=${CONTROLLER_MANAGER_PORT}" \
 		>"${STATE_DIR}/ports.env"
-	generate_certificates
+	step certificates generate_certificates
 	write_kubeconfig "$(kubeconfig_path)" "https://127.0.0.1:${APISERVER_PORT}" admin
-	start_etcd
-	start_apiserver
-	start_controller_manager
-	install_cert_manager_crds
+	step "etcd ready" start_etcd
+	step "kube-apiserver ready" start_apiserver
+	step "kube-controller-manager healthy" start_controller_manager
+	step "cert-manager ${CERT_MANAGER_VERSION} CRDs established" install_cert_manager_crds
 	touch "${STATE_DIR}/ready"
 	UP_DONE=1
-	log "control-plane: up in $(awk -v s="${start_time}" -v e="$(now)" 'BEGIN { printf "%.1f", e - s }')s" \
+	log "control-plane: up in $(seconds_since "${start_time}")s" \
 		"(API server https://127.0.0.1:${APISERVER_PORT}, state in ${STATE_DIR})"
 	print_export
 }
