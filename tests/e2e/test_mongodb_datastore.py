@@ -122,3 +122,10 @@ def test_seed_commands_show_ready_certificates_and_the_client_secret(installed: 
     )
     assert secret.returncode == 0, secret.stderr
     assert "kubernetes.io/tls" in secret.stdout
+
+
+def test_chart_helm_test_connects_with_the_client_certificate(installed: Installed) -> None:
+    output = installed.cluster.helm(
+        "test", installed.release, "--namespace", installed.namespace, "--logs", timeout=600
+    )
+    assert "Succeeded" in output, output

@@ -263,3 +263,10 @@ def test_service_init_container_fixed_certificate_permissions(
             "kubectl logs -n nvsentinel deployment/fault-quarantine -c fix-cert-permissions",
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_chart_helm_test_connects_with_the_client_certificate(installed: Installed) -> None:
+    output = installed.cluster.helm(
+        "test", installed.release, "--namespace", installed.namespace, "--logs", timeout=600
+    )
+    assert "Succeeded" in output, output
