@@ -127,3 +127,50 @@ def test_reloader_sidecar_loop_picks_up_a_renewal_while_sessions_stay_open(
         sidecar.terminate()
         output, _ = sidecar.communicate(timeout=10)
     assert "configuration reloaded" in output
+
+
+def role_password_hash(server: PostgresServer, role: str) -> str | None:
+    with psycopg.connect(server.superuser_conninfo(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", [role]
+        ).fetchone()
+    assert row is not None, f"role {role} is missing"
+    value: str | None = row[0]
+    return value
+
+
+def test_reloader_applies_the_secret_password_and_a_changed_one_without_restart(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    role = "nvs_reloader_password_test"
+    with psycopg.connect(postgres_server.superuser_conninfo(), autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    password_file = tmp_path / "password"
+    password_file.write_text("first-password")
+    sidecar = subprocess.Popen(
+        [str(RELOADER)],
+        env={
+            **reloader_env(postgres_server),
+            "PASSWORD_FILE": str(password_file),
+            "PASSWORD_ROLES": role,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        hashes: list[str] = []
+        for password in ("first-password", "second-password"):
+            password_file.write_text(password)
+            deadline = time.monotonic() + WAIT_S
+            while (current := role_password_hash(postgres_server, role)) in (None, *hashes):
+                assert sidecar.poll() is None, "the reloader exited"
+                assert time.monotonic() < deadline, f"{password} was not applied"
+                time.sleep(0.2)
+            assert current is not None and current.startswith("SCRAM-SHA-256$")
+            hashes.append(current)
+    finally:
+        sidecar.terminate()
+        sidecar.communicate(timeout=10)
+        with psycopg.connect(postgres_server.superuser_conninfo(), autocommit=True) as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
