@@ -1,0 +1,247 @@
+"""``nvsentinel-store`` as an operator runs it: watch, health, prune, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from typing import Any
+
+import psycopg
+import pytest
+
+from nvsentinel_store import cli
+from nvsentinel_store.providers.postgresql import PostgresStore
+from tests.fixtures.postgres import MIGRATION_USER, PostgresDatabase
+
+pytestmark = pytest.mark.datastore
+
+BATCH = 25
+
+
+def cli_env(database: PostgresDatabase, user: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATASTORE_"))}
+    env.update(database.datastore_env(**({"user": user} if user else {})))
+    return env
+
+
+def watch_process(database: PostgresDatabase, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nvsentinel_store.cli", "watch", *args],
+        env=cli_env(database),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_cli(
+    database: PostgresDatabase, *args: str, user: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nvsentinel_store.cli", *args],
+        env=cli_env(database, user),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def ids_of(lines: list[str]) -> list[str]:
+    return [json.loads(line)["documentKey"]["_id"] for line in lines if line.strip()]
+
+
+def test_watch_resumes_after_kill_without_loss(
+    schema_database: PostgresDatabase, store: PostgresStore
+) -> None:
+    events = store.collection("health_events")
+    written = [events.insert_one({"healthevent": {"nodename": f"n{n}"}}) for n in range(300)]
+    watcher = watch_process(
+        schema_database,
+        "--collection=health_events",
+        "--client-name=kill-test",
+        "--from-beginning",
+        f"--batch-size={BATCH}",
+        "--idle-exit=30",
+    )
+    assert watcher.stdout is not None
+
+    def keep_writing() -> None:
+        for n in range(200):
+            written.append(events.insert_one({"healthevent": {"nodename": f"m{n}"}}))
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    first_run = [watcher.stdout.readline() for _ in range(120)]
+    watcher.send_signal(signal.SIGKILL)
+    watcher.wait(timeout=30)
+    first_run += watcher.stdout.readlines()  # whatever reached the pipe before the kill
+    writer.join(timeout=120)
+    assert watcher.returncode == -signal.SIGKILL
+
+    second = run_cli(
+        schema_database,
+        "watch",
+        "--collection=health_events",
+        "--client-name=kill-test",
+        f"--batch-size={BATCH}",
+        "--idle-exit=1.5",
+    )
+    assert second.returncode == 0, second.stderr
+    first_ids, second_ids = ids_of(first_run), ids_of(second.stdout.splitlines())
+    assert len(first_ids) >= 120 and second_ids  # killed mid-stream
+    assert Counter(first_ids + second_ids).keys() == set(written)  # nothing lost
+    assert len(set(first_ids)) == len(first_ids) and len(set(second_ids)) == len(second_ids)
+    again = set(first_ids) & set(second_ids)
+    assert len(again) <= BATCH  # at most the batch printed but not yet recorded
+
+
+def test_watch_without_token_starts_now_and_registers_the_consumer(
+    schema_database: PostgresDatabase, store: PostgresStore
+) -> None:
+    events = store.collection("health_events")
+    events.insert_one({"healthevent": {"nodename": "old"}})
+    first = run_cli(
+        schema_database, "watch", "--collection=health_events", "--client-name=c", "--idle-exit=0.5"
+    )
+    assert (first.returncode, first.stdout) == (0, "")
+    new = events.insert_one({"healthevent": {"nodename": "new"}})
+    second = run_cli(
+        schema_database,
+        "watch",
+        "--collection=health_events",
+        "--client-name=c",
+        "--idle-exit=1",
+        "--max-events=5",
+    )
+    assert second.returncode == 0, second.stderr
+    assert ids_of(second.stdout.splitlines()) == [new]
+
+
+def test_watch_max_events_and_match_filter(
+    schema_database: PostgresDatabase, store: PostgresStore
+) -> None:
+    events = store.collection("health_events")
+    for n in range(6):
+        events.insert_one({"healthevent": {"nodename": f"n{n}", "isfatal": n % 2 == 0}})
+    result = run_cli(
+        schema_database,
+        "watch",
+        "--collection=health_events",
+        "--client-name=f",
+        "--from-beginning",
+        "--match",
+        '{"fullDocument.healthevent.isfatal": true}',
+        "--max-events=2",
+        "--idle-exit=5",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["fullDocument"]["healthevent"]["nodename"] for e in lines] == ["n0", "n2"]
+
+
+def test_watch_of_an_expired_consumer_exits_with_history_lost(
+    schema_database: PostgresDatabase, store: PostgresStore
+) -> None:
+    events = store.collection("health_events")
+    stream = events.watch(client_name="gone")
+    stream.save_token()
+    stream.close()
+    events.insert_one({"healthevent": {"nodename": "n"}})
+    prune = run_cli(schema_database, "prune", "--max-age=0s")
+    assert prune.returncode == 0, prune.stderr
+    assert "health_events: deleted 1 change(s), expired 1 consumer(s)" in prune.stdout
+
+    lost = run_cli(
+        schema_database,
+        "watch",
+        "--collection=health_events",
+        "--client-name=gone",
+        "--idle-exit=1",
+    )
+    assert lost.returncode == cli.EXIT_HISTORY_LOST
+    assert "history lost (code 286)" in lost.stderr
+    assert len(lost.stderr.strip().splitlines()) == 1
+
+    reset = run_cli(
+        schema_database,
+        "watch",
+        "--collection=health_events",
+        "--client-name=gone",
+        "--reset-token",
+        "--idle-exit=0.5",
+    )
+    assert reset.returncode == 0, reset.stderr
+
+
+def test_health_reports_a_healthy_datastore(
+    schema_database: PostgresDatabase, store: PostgresStore
+) -> None:
+    stream = store.collection("health_events").watch(client_name="fault-quarantine")
+    stream.save_token()
+    store.collection("health_events").insert_one({"healthevent": {"nodename": "n"}})
+    result = run_cli(schema_database, "health", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["healthy"] is True
+    assert checks["tls"]["ok"] and checks["tls"]["detail"].startswith("TLSv1.")
+    assert checks["schema"]["detail"].startswith("version 3")
+    assert checks["triggers"]["detail"] == "8 present and enabled"
+    assert report["changelog_rows"] == 1
+    assert [(c["client_name"], c["pending_changes"]) for c in report["consumers"]] == [
+        ("fault-quarantine", 1)
+    ]
+
+
+def test_health_fails_when_a_trigger_is_missing(
+    schema_database: PostgresDatabase,
+) -> None:
+    with psycopg.connect(schema_database.conninfo(user=MIGRATION_USER), autocommit=True) as conn:
+        conn.execute("DROP TRIGGER health_events_capture_update ON health_events")
+    result = run_cli(schema_database, "health")
+    assert result.returncode == cli.EXIT_UNHEALTHY
+    assert "FAIL triggers: missing: health_events.health_events_capture_update" in result.stdout
+
+
+def test_health_fails_before_the_schema_is_applied(postgres_database: PostgresDatabase) -> None:
+    result = run_cli(postgres_database, "health")
+    assert result.returncode == cli.EXIT_UNHEALTHY
+    assert "FAIL schema" in result.stdout
+
+
+def test_unreachable_datastore_is_one_line_and_exit_4(postgres_database: PostgresDatabase) -> None:
+    env = cli_env(postgres_database)
+    env["DATASTORE_PORT"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-m", "nvsentinel_store.cli", "health"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == cli.EXIT_UNAVAILABLE
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "cannot connect to localhost:1" in result.stderr
+
+
+def test_bad_configuration_is_one_line_and_exit_2(postgres_database: PostgresDatabase) -> None:
+    env = cli_env(postgres_database)
+    env["DATASTORE_SSLMODE"] = "prefer"
+    result = subprocess.run(
+        [sys.executable, "-m", "nvsentinel_store.cli", "health"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == cli.EXIT_USAGE
+    assert "DATASTORE_SSLMODE" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
