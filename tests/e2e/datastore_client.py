@@ -26,6 +26,8 @@ from typing import Any
 from kubernetes import client
 
 from nvsentinel_store.config import Settings
+from nvsentinel_store.providers.mongodb import MongoStore
+from nvsentinel_store.providers.postgresql import PostgresStore
 from nvsentinel_store.store import ChangeEvent, ChangeStream, Store
 
 _real_getaddrinfo = socket.getaddrinfo
@@ -171,7 +173,7 @@ def assert_change_stream_round_trip(store: Store, client_name: str) -> None:
 
 
 def open_store(settings: Settings) -> Store:
-    """The store client for ``settings`` (the provider the settings name)."""
-    from nvsentinel_store import open_store as open_configured_store
-
-    return open_configured_store(settings)
+    """The store client for ``settings``, of the provider the settings name."""
+    if settings.provider == "postgresql":
+        return PostgresStore.from_settings(settings)
+    return MongoStore.from_settings(settings)

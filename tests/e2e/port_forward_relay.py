@@ -4,7 +4,8 @@ The kubernetes client's `portforward` gives an in-process socket (one end of a
 socketpair), which psycopg and pymongo cannot use: they dial host and port
 themselves. The relay listens on 127.0.0.1:<free port>, and for every accepted
 connection opens a new port-forward stream to the pod and pumps bytes both
-ways until either side closes. Like `kubectl port-forward svc/NAME`, a Service
+ways until either side closes (the opener is a parameter, so the relay can
+stand in front of any TCP server too). Like `kubectl port-forward svc/NAME`, a Service
 is resolved to one ready pod behind it and the Service port to the pod port.
 """
 
@@ -14,6 +15,7 @@ import contextlib
 import select
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,9 @@ from kubernetes import client
 from kubernetes.stream import portforward
 
 _CHUNK = 65536
+
+#: Opens one stream to the far end (a socket-like object with recv, sendall, fileno).
+Opener = Callable[[], Any]
 
 
 @dataclass(frozen=True)
@@ -75,14 +80,30 @@ def _pump(local: socket.socket, remote: Any, stop: threading.Event) -> None:
                 sock.close()
 
 
+def pod_port_opener(api: client.ApiClient, namespace: str, pod: str, port: int) -> Opener:
+    """Opens a new port-forward stream to ``pod``:``port`` each time it is called."""
+
+    def open_stream() -> Any:
+        core = client.CoreV1Api(api)
+        forward = portforward(
+            core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port)
+        )
+        remote = forward.socket(port)
+        remote.setblocking(True)
+        return remote
+
+    return open_stream
+
+
 @dataclass
 class PortForwardRelay:
-    """Listen on 127.0.0.1 and forward each connection to ``pod``:``port``."""
+    """Listen on 127.0.0.1 and pump each accepted connection into a stream ``open_stream`` opens.
 
-    api: client.ApiClient
-    namespace: str
-    pod: str
-    port: int
+    ``target`` names the far end in error messages.
+    """
+
+    open_stream: Opener
+    target: str
     _listener: socket.socket | None = field(default=None, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
@@ -106,18 +127,6 @@ class PortForwardRelay:
         self._threads.append(accept)
         return self
 
-    def _open_stream(self) -> Any:
-        core = client.CoreV1Api(self.api)
-        forward = portforward(
-            core.connect_get_namespaced_pod_portforward,
-            self.pod,
-            self.namespace,
-            ports=str(self.port),
-        )
-        remote = forward.socket(self.port)
-        remote.setblocking(True)
-        return remote
-
     def _accept_loop(self) -> None:
         assert self._listener is not None
         while not self._stop.is_set():
@@ -129,9 +138,9 @@ class PortForwardRelay:
                 return
             local.setblocking(True)
             try:
-                remote = self._open_stream()
+                remote = self.open_stream()
             except Exception as exc:  # reported to the test through `errors`
-                self.errors.append(f"port-forward to {self.namespace}/{self.pod}: {exc}")
+                self.errors.append(f"stream to {self.target}: {exc}")
                 local.close()
                 continue
             pump = threading.Thread(
@@ -160,4 +169,5 @@ def relay_to_service(
 ) -> PortForwardRelay:
     """A started relay to the ready pod behind ``service``:``service_port``."""
     target = resolve_service_port(client.CoreV1Api(api), namespace, service, service_port)
-    return PortForwardRelay(api, namespace, target.pod, target.port).start()
+    opener = pod_port_opener(api, namespace, target.pod, target.port)
+    return PortForwardRelay(opener, f"pod {namespace}/{target.pod}:{target.port}").start()
