@@ -62,6 +62,8 @@ T = TypeVar("T")
 Conn = psycopg.Connection[TupleRow]
 
 _RETRYABLE: Final = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+#: Document keys that give a document its id when it has no ``_id``.
+_NATURAL_KEYS: Final[dict[str, tuple[str, ...]]] = {"maintenance_events": ("eventId", "eventid")}
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,10 @@ class PostgresCollection:
         if not isinstance(doc, dict):
             raise QueryError("a document must be a mapping")
         if doc.get("_id") is None:
-            doc["_id"] = str(uuid.uuid4())
+            # As the trigger does: maintenance events are keyed by their eventId.
+            natural = [doc.get(k) for k in _NATURAL_KEYS.get(self._name, ())]
+            keys = [k for k in natural if isinstance(k, str) and k]
+            doc["_id"] = keys[0] if keys else str(uuid.uuid4())
         elif isinstance(doc["_id"], bool) or not isinstance(doc["_id"], str | int):
             raise QueryError(f"_id must be a string, got {doc['_id']!r}")
         query = sql.SQL("INSERT INTO {} (document) VALUES (%s) RETURNING id").format(self._table)
