@@ -31,6 +31,9 @@ from kubernetes.dynamic.resource import ResourceList
 from tests.fixtures.cluster import Helm, HelmError
 from tests.fixtures.diagnostics import namespace_events
 
+# The shared assertions live in a helper module: let pytest explain their failures too.
+pytest.register_assert_rewrite("tests.cluster.chart_objects")
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "nvsentinel"
 RELEASE = "nvsentinel"

@@ -37,6 +37,9 @@ from tests.fixtures.cluster import Helm
 from tests.fixtures.diagnostics import collect_namespace, kubectl
 from tests.fixtures.rollout import wait_for_rollout
 
+# Shared assertions live in helper modules: let pytest explain their failures too.
+pytest.register_assert_rewrite("tests.e2e.datastore_client", "tests.e2e.port_forward_relay")
+
 REPO = Path(__file__).resolve().parents[2]
 KIND_CONFIG = REPO / "hack" / "kind-config.yaml"
 STATE = REPO / ".state" / "e2e"
