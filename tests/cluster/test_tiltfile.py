@@ -275,3 +275,29 @@ def test_tilt_ci_applies_the_resources_that_need_no_pod(
         assert workloads == [], "tilt ci applied a workload it was not asked for"
     finally:
         delete_namespace(core, namespace)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "applied"),
+    [
+        (None, "https://github.com/cert-manager/cert-manager/releases/download/v1.19.4/"),
+        ("/srv/mirror/cert-manager.yaml", "/srv/mirror/cert-manager.yaml"),
+        ("skip", None),
+    ],
+    ids=["release", "local-file", "skip"],
+)
+def test_cert_manager_manifest_is_configurable_and_crds_are_awaited(
+    tiltfile_result: Callable[..., TiltfileResult], manifest: str | None, applied: str | None
+) -> None:
+    env = {} if manifest is None else {"CERT_MANAGER_MANIFEST": manifest}
+    result = tiltfile_result(**env)
+    command = result.manifests["cert-manager"]["DeployTarget"]["UpdateCmdSpec"]["args"][-1]
+    assert "wait --for=condition=Established" in command
+    assert (
+        "crd/certificates.cert-manager.io" in command and "crd/issuers.cert-manager.io" in command
+    )
+    if applied is None:
+        assert " apply " not in command, command
+    else:
+        assert f"apply --server-side -f {applied}" in command, command
+        assert command.index(" apply ") < command.index(" wait "), command
