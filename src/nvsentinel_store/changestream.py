@@ -398,9 +398,8 @@ class PostgresChangeStream:
             self._delivered = self._cursor
             seen = self._wakeup.count(self._collection) if self._wakeup else 0
             read = self._poll_with_retry(deadline)
-            if self._buffer or read >= self._options.batch_size:
-                continue
             if read > 0:
+                # Changes are flowing: poll again soon after this batch.
                 self._idle = self._options.min_poll_interval
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
