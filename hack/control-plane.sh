@@ -332,8 +332,15 @@ is_running() {
 	[[ -f "$(kubeconfig_path)" && -f "${STATE_DIR}/ready" ]] || return 1
 	# shellcheck source=/dev/null
 	source "${STATE_DIR}/ports.env"
-	[[ "$(curl --silent --max-time 5 --cacert "$(pki ca.crt)" --cert "$(pki admin.crt)" \
-		--key "$(pki admin.key)" "https://127.0.0.1:${APISERVER_PORT}/readyz" 2>/dev/null || true)" == ok ]]
+	# Every process is alive: give a busy API server time before calling it broken.
+	local deadline=$((SECONDS + 30))
+	while ((SECONDS < deadline)); do
+		[[ "$(curl --silent --max-time 5 --cacert "$(pki ca.crt)" --cert "$(pki admin.crt)" \
+			--key "$(pki admin.key)" "https://127.0.0.1:${APISERVER_PORT}/readyz" 2>/dev/null || true)" == ok ]] &&
+			return 0
+		sleep 1
+	done
+	return 1
 }
 
 # stop_all: TERM every component at once (the state goes away with them, so
@@ -363,6 +370,8 @@ stop_all() {
 
 remove_state() {
 	[[ -d "${STATE_DIR}" ]] || return 0
+	# An empty directory (made by the caller to hold the state) is fine to take.
+	rmdir "${STATE_DIR}" 2>/dev/null && return 0
 	[[ -f "${STATE_DIR}/${MARKER}" ]] || die "${STATE_DIR} was not made by this script; not removing it"
 	rm -rf "${STATE_DIR}"
 }
@@ -427,7 +436,10 @@ cmd_down() {
 		log "control-plane: nothing to stop (no ${STATE_DIR})"
 		return 0
 	fi
-	[[ -f "${STATE_DIR}/${MARKER}" ]] || die "${STATE_DIR} was not made by this script; not touching it"
+	if [[ ! -f "${STATE_DIR}/${MARKER}" ]]; then
+		rmdir "${STATE_DIR}" 2>/dev/null && return 0
+		die "${STATE_DIR} was not made by this script; not touching it"
+	fi
 	take_lock || log "control-plane: ${STATE_DIR%/}.lock is held; stopping anyway"
 	stop_all
 	remove_state
