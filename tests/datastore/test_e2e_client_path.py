@@ -24,6 +24,7 @@ from tests.e2e.datastore_client import (
     open_store,
 )
 from tests.e2e.port_forward_relay import PortForwardRelay
+from tests.e2e.schema_checks import assert_schema_current, assert_tables_and_triggers
 from tests.fixtures.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.datastore
@@ -90,3 +91,11 @@ def test_round_trip_and_seed_queries_over_the_relay(
         rows = [dict(zip(columns, row, strict=True)) for row in tokens.fetchall()]
     assert count is not None and count[0] >= 2
     assert any("e2e-client-path" in map(str, row.values()) for row in rows), rows
+
+
+def test_schema_checks_hold_for_the_application_user(
+    schema_database: PostgresDatabase, relay: PortForwardRelay
+) -> None:
+    with psycopg.connect(**postgres_params(_settings(schema_database, relay, "localhost"))) as conn:
+        assert_schema_current(conn)
+        assert_tables_and_triggers(conn)

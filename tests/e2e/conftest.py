@@ -38,7 +38,9 @@ from tests.fixtures.diagnostics import collect_namespace, kubectl
 from tests.fixtures.rollout import wait_for_rollout
 
 # Shared assertions live in helper modules: let pytest explain their failures too.
-pytest.register_assert_rewrite("tests.e2e.datastore_client", "tests.e2e.port_forward_relay")
+pytest.register_assert_rewrite(
+    "tests.e2e.datastore_client", "tests.e2e.port_forward_relay", "tests.e2e.schema_checks"
+)
 
 REPO = Path(__file__).resolve().parents[2]
 KIND_CONFIG = REPO / "hack" / "kind-config.yaml"

@@ -8,19 +8,17 @@ operator types them.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
 from kubernetes import client
 
 from nvsentinel_store.config import Settings, postgres_params
-from tests.e2e.conftest import REPO, Installed
+from tests.e2e.conftest import Installed
 from tests.e2e.datastore_client import (
     assert_change_stream_round_trip,
     client_environment,
@@ -30,13 +28,13 @@ from tests.e2e.datastore_client import (
     write_client_certificate,
 )
 from tests.e2e.port_forward_relay import PortForwardRelay, relay_to_service
+from tests.e2e.schema_checks import assert_schema_current, assert_tables_and_triggers
 from tests.fixtures.diagnostics import kubectl
 from tests.fixtures.rollout import read_state
 
 pytestmark = pytest.mark.e2e
 
 DATASTORE = "postgresql"
-MIGRATIONS = REPO / "charts" / "nvsentinel" / "files" / "postgresql" / "migrations"
 SERVICES = (
     "platform-connectors",
     "fault-quarantine",
@@ -84,17 +82,6 @@ def postgresql(
     assert not relay.errors, relay.errors
 
 
-def _migration_files() -> list[Path]:
-    return sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql"))
-
-
-def _declared(pattern: str) -> set[str]:
-    names: set[str] = set()
-    for path in _migration_files():
-        names.update(re.findall(pattern, path.read_text(), flags=re.IGNORECASE))
-    return {name.lower() for name in names}
-
-
 def test_services_dial_postgresql_with_verify_full_and_a_client_certificate(
     postgresql: Connection,
 ) -> None:
@@ -125,38 +112,22 @@ def test_plaintext_and_certificateless_connections_are_refused(postgresql: Conne
 def test_schema_job_applied_every_migration_the_chart_ships(
     installed: Installed, postgresql: Connection
 ) -> None:
-    jobs = client.BatchV1Api(installed.cluster.api).list_namespaced_job(installed.namespace).items
-    assert jobs, "the chart created no schema Job"
-    for job in jobs:
-        assert read_state(installed.cluster.api, "Job", job.metadata.name, installed.namespace).done
-    shipped = {int(path.name[:4]): path.stem[5:] for path in _migration_files()}
+    jobs = [
+        job
+        for job in client.BatchV1Api(installed.cluster.api)
+        .list_namespaced_job(installed.namespace)
+        .items
+        if job.metadata.name.startswith(f"{installed.release}-schema-")
+    ]
+    assert len(jobs) == 1, [job.metadata.name for job in jobs]
+    assert read_state(installed.cluster.api, "Job", jobs[0].metadata.name, installed.namespace).done
     with postgresql.connect() as conn:
-        applied = dict(conn.execute("SELECT version, name FROM schema_migrations").fetchall())
-    assert set(applied) == set(shipped), (applied, shipped)
-    assert max(applied) == max(shipped)
+        assert_schema_current(conn)
 
 
 def test_tables_and_change_capture_triggers_exist(postgresql: Connection) -> None:
-    tables = _declared(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)")
-    assert {"health_events", "maintenance_events", "datastore_changelog", "resume_tokens"} <= tables
-    triggers = _declared(r"CREATE (?:OR REPLACE )?TRIGGER (\w+)")
     with postgresql.connect() as conn:
-        present_tables = {
-            row[0]
-            for row in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-            ).fetchall()
-        }
-        present_triggers = {
-            row[0]: row[1]
-            for row in conn.execute(
-                "SELECT tgname, tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal"
-            ).fetchall()
-        }
-    assert tables <= present_tables, tables - present_tables
-    assert triggers <= set(present_triggers), triggers - set(present_triggers)
-    for table in ("health_events", "maintenance_events"):
-        assert table in present_triggers.values(), f"no trigger on {table}"
+        assert_tables_and_triggers(conn)
 
 
 def test_health_event_round_trip_through_the_change_stream(postgresql: Connection) -> None:
