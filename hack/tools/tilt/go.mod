@@ -234,14 +234,9 @@ require (
 	sigs.k8s.io/yaml v1.4.0 // indirect
 )
 
+// tilt v0.34.0's own replace directives.
 replace (
-	// Fixes a bug where the apiserver treats
-	// "/apis/tilt.dev/v1alpha1" and "/apis/tilt.dev/v1alpha1/"
-	// as different urls
 	github.com/emicklei/go-restful/v3 => github.com/emicklei/go-restful/v3 v3.9.0
-
-	// can remove if/when https://github.com/pkg/browser/pull/30 is merged
 	github.com/pkg/browser => github.com/tilt-dev/browser v0.0.1
-
 	k8s.io/apimachinery => github.com/tilt-dev/apimachinery v0.32.0-tilt-20250103
 )
