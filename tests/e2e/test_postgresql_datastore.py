@@ -147,11 +147,14 @@ def test_seed_sql_checks_show_changelog_entries_and_resume_tokens(postgresql: Co
     assert any("e2e-postgresql-troubleshooting" in map(str, row.values()) for row in rows), rows
 
 
-def _kubectl(installed: Installed, command: str) -> subprocess.CompletedProcess[str]:
-    """Run a seed command as written (`kubectl ...`), with the e2e cluster's kubeconfig."""
+def _kubectl(installed: Installed, command: str, *quoted: str) -> subprocess.CompletedProcess[str]:
+    """Run a seed command as written (`kubectl ...`), with the e2e cluster's kubeconfig.
+
+    ``command`` is split on spaces; ``quoted`` arguments are appended whole.
+    """
     binary = kubectl()
     assert binary is not None, "kubectl not found (.bin/kubectl or PATH)"
-    argv = command.split()
+    argv = [*command.split(), *quoted]
     assert argv[0] == "kubectl"
     return subprocess.run(
         [binary, "--kubeconfig", str(installed.cluster.kubeconfig), *argv[1:]],
@@ -160,6 +163,23 @@ def _kubectl(installed: Installed, command: str) -> subprocess.CompletedProcess[
         check=False,
         timeout=120,
     )
+
+
+def test_seed_psql_in_the_pod_shows_triggers_and_changelog(installed: Installed) -> None:
+    """The seed's "connect to PostgreSQL and run \\d health_events", as the postgres superuser."""
+    psql = (
+        "kubectl exec -n nvsentinel nvsentinel-postgresql-0 -c postgresql -- "
+        "psql -U postgres -d nvsentinel -v ON_ERROR_STOP=1 -c"
+    )
+    described = _kubectl(installed, psql, "\\d health_events")
+    assert described.returncode == 0, described.stderr
+    assert "Triggers:" in described.stdout, described.stdout
+    for operation in ("insert", "update", "delete"):
+        assert f"health_events_capture_{operation}" in described.stdout, described.stdout
+    counted = _kubectl(installed, psql, "SELECT COUNT(*) FROM datastore_changelog;")
+    assert counted.returncode == 0, counted.stderr
+    tokens = _kubectl(installed, psql, "SELECT * FROM resume_tokens;")
+    assert tokens.returncode == 0, tokens.stderr
 
 
 def test_seed_command_certificates_are_ready(installed: Installed) -> None:
