@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--migrations-dir", type=Path, default=None, help=argparse.SUPPRESS)
 
-    watch = sub.add_parser("watch", help="print change events as NDJSON, one per line")
+    watch = sub.add_parser(
+        "watch", help="print change events as NDJSON, one per line (PostgreSQL or MongoDB)"
+    )
     watch.add_argument("--collection", required=True, choices=COLLECTIONS)
     watch.add_argument(
         "--client-name",
@@ -151,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(env: dict[str, str]) -> Settings:
+def _settings(env: dict[str, str], command: str) -> Settings:
     settings = Settings.from_env(env)
-    if settings.provider != "postgresql":
+    if settings.provider != "postgresql" and command != "watch":
         raise ConfigError(
             f"DATASTORE_PROVIDER={settings.provider!r}: this command needs "
             "DATASTORE_PROVIDER=postgresql"
@@ -173,9 +175,10 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
 
 
 def _json_default(value: Any) -> Any:
+    """Datetimes as ISO 8601; other non-JSON values (BSON ObjectId, Timestamp) as text."""
     if isinstance(value, datetime):
         return value.isoformat()
-    raise TypeError(f"cannot print {type(value).__name__}")
+    return str(value)
 
 
 def cmd_schema(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> int:
@@ -241,7 +244,7 @@ class _Stop:
 
 
 def cmd_watch(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> int:
-    from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
+    from nvsentinel_store.providers import open_store
 
     pipeline = [{"$match": args.match}] if args.match else None
     options = WatchOptions(
@@ -252,11 +255,12 @@ def cmd_watch(args: argparse.Namespace, settings: Settings, out: TextIO, err: Te
     stop = _Stop()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with PostgresStore.from_settings(
-            settings, StoreOptions(min_pool_size=1, max_pool_size=2)
-        ) as store:
+        with open_store(settings) as store:
             if args.reset_token:
-                store.reset_resume_token(args.client_name, args.collection)
+                reset = getattr(store, "reset_resume_token", None)
+                if reset is None:
+                    raise ConfigError(f"--reset-token is not supported for {settings.provider}")
+                reset(args.client_name, args.collection)
             stream = store.collection(args.collection).watch(
                 pipeline,
                 client_name=args.client_name,
@@ -337,7 +341,7 @@ def main(
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
     try:
-        settings = _settings(dict(os.environ if env is None else env))
+        settings = _settings(dict(os.environ if env is None else env), args.command)
         code: int = _COMMANDS[args.command](args, settings, out, err)
         return code
     except (ConfigError, QueryError) as error:

@@ -16,7 +16,7 @@ from typing import Any, Final
 import psycopg
 
 from nvsentinel_store import migrations
-from nvsentinel_store.errors import StoreError
+from nvsentinel_store.errors import MigrationError, StoreError
 
 #: Triggers the migrations create: table -> trigger names.
 EXPECTED_TRIGGERS: Final[dict[str, tuple[str, ...]]] = {
@@ -104,6 +104,9 @@ def check(
 
     try:
         state = migrations.status(conn, migrations_dir)
+    except MigrationError as err:
+        # No migration files here (an installed client): report what the database says.
+        _schema_without_files(conn, report, str(err))
     except (psycopg.Error, StoreError) as err:
         report.add("schema", False, f"cannot read schema_migrations: {err}")
     else:
@@ -173,3 +176,16 @@ def check(
     except psycopg.Error as err:
         report.add("changelog", False, f"cannot read: {str(err).strip().splitlines()[0]}")
     return report
+
+
+def _schema_without_files(conn: psycopg.Connection[Any], report: HealthReport, why: str) -> None:
+    try:
+        row = conn.execute("SELECT max(version), count(*) FROM schema_migrations").fetchone()
+    except psycopg.Error as err:
+        report.add("schema", False, f"cannot read schema_migrations: {err}")
+        return
+    assert row is not None
+    if not row[1]:
+        report.add("schema", False, "no migration applied")
+    else:
+        report.add("schema", True, f"version {row[0]} (not compared with files: {why})")

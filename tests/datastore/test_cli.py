@@ -245,3 +245,21 @@ def test_bad_configuration_is_one_line_and_exit_2(postgres_database: PostgresDat
     assert result.returncode == cli.EXIT_USAGE
     assert "DATASTORE_SSLMODE" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_health_without_migration_files_reports_the_recorded_version(
+    schema_database: PostgresDatabase, tmp_path: Any
+) -> None:
+    """An installed client (no chart files next to it) still checks the schema it finds."""
+    env = cli_env(schema_database)
+    env["NVSENTINEL_MIGRATIONS_DIR"] = str(tmp_path / "absent")
+    result = subprocess.run(
+        [sys.executable, "-m", "nvsentinel_store.cli", "health"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok   schema: version 3 (not compared with files" in result.stdout
