@@ -127,3 +127,13 @@ def test_mongodb_server_certificate_can_also_act_as_a_client() -> None:
     # The MongoDB subchart's init Job and probes present the server certificate as a client.
     server = certificates(rendered(BY_NAME["mongodb-defaults"]))["nvsentinel-mongodb-server-tls"]
     assert {"server auth", "client auth"} <= set(server["spec"]["usages"])
+
+
+@pytest.mark.parametrize("scenario", CLIENT_CERT, ids=lambda s: s.name)
+def test_certificate_secrets_carry_the_release_label_so_cleanup_can_select_them(
+    scenario: Scenario,
+) -> None:
+    # README: `kubectl delete secret -l app.kubernetes.io/instance=<release>` after uninstall.
+    for secret, cert in certificates(rendered(scenario)).items():
+        labels = cert["spec"]["secretTemplate"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "nvsentinel", secret

@@ -60,6 +60,9 @@ spec:
   isCA: true
   commonName: {{ $ca }}
   secretName: {{ $ca }}
+  secretTemplate:
+    labels:
+      {{- $labels | nindent 6 }}
   duration: {{ $root.Values.certManager.caDuration }}
   privateKey:
     {{- include "nvsentinel.certificates.privateKey" $root | nindent 4 }}
