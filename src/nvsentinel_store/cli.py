@@ -69,6 +69,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg}): {text!r}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a $match filter is a JSON object, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nvsentinel-store",
@@ -119,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument(
         "--match",
-        type=json.loads,
+        type=_json_object,
         default=None,
         metavar="JSON",
         help='a $match filter, e.g. \'{"operationType": "update"}\'',
