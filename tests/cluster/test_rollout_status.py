@@ -2,7 +2,8 @@
 
 The controllers run here but no pod ever starts, so a workload that needs a
 running pod never finishes: the wait must time out naming where it stuck, and a
-workload that needs none must be reported done.
+workload that needs none must be reported done. Each test first lets the
+controller observe the object, then gives the wait one second.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from tests.fixtures.rollout import RolloutTimeout, wait_for_rollout
+from tests.cluster.conftest import wait_until
+from tests.fixtures.rollout import RolloutTimeout, read_state, wait_for_rollout
 
 pytestmark = pytest.mark.cluster
 
@@ -26,6 +28,15 @@ _POD = {
 @pytest.fixture
 def api(kube_api: client.ApiClient) -> client.ApiClient:
     return kube_api
+
+
+def _observed(api: client.ApiClient, kind: str, namespace: str, progress: str) -> None:
+    """Wait until the controller has acted on `probe` (its state mentions ``progress``)."""
+    wait_until(
+        lambda: progress in read_state(api, kind, "probe", namespace).message,
+        f"the {kind} controller to act on probe",
+        timeout=30,
+    )
 
 
 def _deployment(namespace: str, replicas: int) -> dict[str, object]:
@@ -50,8 +61,9 @@ def test_deployment_without_replicas_is_rolled_out(api: client.ApiClient, namesp
 
 def test_deployment_waits_for_available_replicas(api: client.ApiClient, namespace: str) -> None:
     client.AppsV1Api(api).create_namespaced_deployment(namespace, _deployment(namespace, 1))
+    _observed(api, "Deployment", namespace, "updated replicas are available")
     with pytest.raises(RolloutTimeout, match="0 of 1 updated replicas are available"):
-        wait_for_rollout(api, "Deployment", "probe", namespace, timeout=5, interval=0.5)
+        wait_for_rollout(api, "Deployment", "probe", namespace, timeout=1, interval=0.5)
 
 
 def test_statefulset_waits_for_ready_pods(api: client.ApiClient, namespace: str) -> None:
@@ -69,8 +81,9 @@ def test_statefulset_waits_for_ready_pods(api: client.ApiClient, namespace: str)
             },
         },
     )
+    _observed(api, "StatefulSet", namespace, "pods are ready")
     with pytest.raises(RolloutTimeout, match="0 of 1 pods are ready"):
-        wait_for_rollout(api, "StatefulSet", "probe", namespace, timeout=5, interval=0.5)
+        wait_for_rollout(api, "StatefulSet", "probe", namespace, timeout=1, interval=0.5)
 
 
 def test_job_waits_for_completion(api: client.ApiClient, namespace: str) -> None:
@@ -83,8 +96,9 @@ def test_job_waits_for_completion(api: client.ApiClient, namespace: str) -> None
             "spec": {"backoffLimit": 0, "template": _POD},
         },
     )
+    _observed(api, "Job", namespace, "1 active")
     with pytest.raises(RolloutTimeout, match="job probe: 1 active, 0 succeeded"):
-        wait_for_rollout(api, "Job", "probe", namespace, timeout=5, interval=0.5)
+        wait_for_rollout(api, "Job", "probe", namespace, timeout=1, interval=0.5)
 
 
 def test_missing_workload_is_reported_as_not_created(api: client.ApiClient, namespace: str) -> None:
