@@ -137,3 +137,12 @@ def test_certificate_secrets_carry_the_release_label_so_cleanup_can_select_them(
     for secret, cert in certificates(rendered(scenario)).items():
         labels = cert["spec"]["secretTemplate"]["labels"]
         assert labels["app.kubernetes.io/instance"] == "nvsentinel", secret
+
+
+def test_an_ip_address_the_clients_dial_goes_into_ip_addresses_not_dns_names() -> None:
+    objects = chart.render(
+        ["values-postgresql.yaml"], ["global.datastore.connection.host=10.1.2.3"]
+    )
+    server = certificates(tuple(objects))["nvsentinel-postgresql-server-tls"]["spec"]
+    assert "10.1.2.3" in server["ipAddresses"]
+    assert "10.1.2.3" not in server["dnsNames"]

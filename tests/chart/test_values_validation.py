@@ -149,6 +149,11 @@ REFUSED = [
         ("global.datastore.connection.username=svc",),
         ['global.datastore.connection.username is "svc"', '"CN=svc"', "mongodb.auth.x509Users"],
     ),
+    (
+        "port-differs-from-the-in-cluster-store",
+        (*PG, "global.datastore.connection.port=6432"),
+        ["global.datastore.connection.port is 6432", "listens on 5432"],
+    ),
     # values.schema.json
     (
         "unknown-provider",

@@ -137,6 +137,11 @@ spec:
   ipAddresses:
     - 127.0.0.1
     - ::1
+    {{- with $root.Values.global.datastore.connection.host }}
+    {{- if and (include "nvsentinel.datastore.isIP" .) (not (has . (list "127.0.0.1" "::1"))) }}
+    - {{ . }}
+    {{- end }}
+    {{- end }}
   duration: {{ $root.Values.certManager.duration }}
   renewBefore: {{ $root.Values.certManager.renewBefore }}
   privateKey:

@@ -94,7 +94,14 @@ MONGODB_CLIENT_CERT_MOUNT_PATH
 {{- end -}}
 {{- $names = append $names "localhost" -}}
 {{- with $root.Values.global.datastore.connection.host -}}
+{{- if not (include "nvsentinel.datastore.isIP" .) -}}
 {{- $names = append $names . -}}
 {{- end -}}
+{{- end -}}
 {{- $names | uniq | toJson -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.isIP: "true" when the string is an IPv4 or IPv6 address (it belongs in ipAddresses, not dnsNames), else empty. */}}
+{{- define "nvsentinel.datastore.isIP" -}}
+{{- if or (regexMatch "^[0-9]{1,3}(\\.[0-9]{1,3}){3}$" .) (contains ":" .) -}}true{{- end -}}
 {{- end -}}
