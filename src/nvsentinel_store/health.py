@@ -30,6 +30,10 @@ EXPECTED_TRIGGERS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
+#: Changes held back by a running transaction longer than this make the datastore unhealthy.
+HELD_BACK_LIMIT_SECONDS: Final = 300.0
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -164,6 +168,24 @@ def check(
             f"{size[0]} changes retained"
             + (f", oldest {size[1].isoformat()}, newest {size[2].isoformat()}" if size[0] else ""),
         )
+        held = conn.execute(
+            "SELECT count(*), min(changed_at), now() - min(changed_at) FROM datastore_changelog "
+            "WHERE collection = ANY(%s) "
+            "AND position_txid >= pg_snapshot_xmin(pg_current_snapshot())",
+            (list(EXPECTED_TRIGGERS),),
+        ).fetchone()
+        assert held is not None
+        if held[0]:
+            waited = held[2].total_seconds()
+            report.add(
+                "delivery",
+                waited < HELD_BACK_LIMIT_SECONDS,
+                f"{held[0]} committed change(s) wait for an older transaction to end "
+                f"(oldest written {waited:.0f}s ago); a long-running writing transaction "
+                "delays every change stream",
+            )
+        else:
+            report.add("delivery", True, "no committed change waits for an older transaction")
         for lag in conn.execute(
             "SELECT client_owner, client_name, collection, updated_at, expired, "
             "pending_changes, oldest_pending_at FROM datastore_consumer_lag()"

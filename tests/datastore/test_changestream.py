@@ -6,8 +6,10 @@ import time
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import pytest
 
+from nvsentinel_store import health
 from nvsentinel_store.changestream import PostgresChangeStream
 from nvsentinel_store.errors import HistoryLostError, QueryError
 from nvsentinel_store.providers.postgresql import PostgresCollection, PostgresStore
@@ -220,3 +222,31 @@ def test_unknown_pipeline_stage_or_operator_is_refused(events: PostgresCollectio
         events.watch([{"$match": {"fullDocument.healthevent.nodename": {"$regex": "^n"}}}])
     with pytest.raises(QueryError, match=r"\$where"):
         events.watch([{"$match": {"$where": "true"}}])
+
+
+def test_open_transaction_delays_later_commits_but_loses_nothing(
+    schema_database: PostgresDatabase, events: PostgresCollection
+) -> None:
+    stream = events.watch(options=FAST)
+    with psycopg.connect(schema_database.conninfo()) as slow:
+        slow.execute(
+            'INSERT INTO health_events (document) VALUES (\'{"_id": "slow"}\')'
+        )  # holds its transaction id open
+        events.insert_one({"_id": "fast"})
+        assert nothing_more(stream)  # committed, but behind the open transaction
+        with psycopg.connect(schema_database.conninfo(), autocommit=True) as other:
+            report = health.check(other, "verify-full")
+        delivery = {c.name: c for c in report.checks}["delivery"]
+        assert delivery.ok and delivery.detail.startswith("1 committed change(s) wait")
+        slow.commit()
+    got = take(stream, 2)
+    assert {e["documentKey"]["_id"] for e in got} == {"slow", "fast"}
+
+
+def test_capture_triggers_do_not_notify(app_conn: psycopg.Connection[Any]) -> None:
+    """pg_notify in the write path serialises every writing transaction at commit."""
+    rows = app_conn.execute(
+        "SELECT p.proname FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'public' AND p.prosrc ILIKE '%notify%'"
+    ).fetchall()
+    assert rows == []
