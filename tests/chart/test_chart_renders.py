@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.chart.scenarios import REPO, SCENARIOS, VALUES_FILES, Scenario, rendered
+from tests.chart.scenarios import BY_NAME, REPO, SCENARIOS, VALUES_FILES, Scenario, rendered
 from tests.fixtures import chart
 
 pytestmark = pytest.mark.chart
@@ -52,3 +52,41 @@ def test_helm_lint_strict_is_clean(values_file: str | None) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "[WARNING]" not in output and "[ERROR]" not in output, output
+
+
+def test_production_postgresql_values_keep_data_back_it_up_and_export_metrics() -> None:
+    objects = rendered(BY_NAME["postgresql-production"])
+    statefulset = chart.find(objects, "StatefulSet", "nvsentinel-postgresql")
+    claims = statefulset["spec"]["volumeClaimTemplates"]
+    assert [c["metadata"]["name"] for c in claims] == ["data"]
+    containers = [c["name"] for c in statefulset["spec"]["template"]["spec"]["containers"]]
+    assert "metrics" in containers
+    chart.find(objects, "CronJob", "nvsentinel-postgresql-backup")
+    config = chart.find(objects, "ConfigMap", "nvsentinel-datastore-config")["data"]
+    assert config["DATASTORE_SSLMODE"] == "verify-full"
+    assert "DATASTORE_SSLCERT" in config  # client-certificate auth
+    hba = chart.find(objects, "ConfigMap", "nvsentinel-postgresql-config")["data"]["pg_hba.conf"]
+    assert "scram-sha-256" not in hba, "production has no password rule"
+
+
+@pytest.mark.parametrize("name", ["postgresql-tilt", "mongodb-tilt"])
+def test_tilt_values_run_one_small_store_on_the_control_plane_node(name: str) -> None:
+    scenario = BY_NAME[name]
+    objects = rendered(scenario)
+    statefulset = chart.find(objects, "StatefulSet", f"nvsentinel-{scenario.provider}")
+    assert statefulset["spec"]["replicas"] == 1
+    pod = statefulset["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"node-role.kubernetes.io/control-plane": ""}
+    assert {
+        "key": "node-role.kubernetes.io/control-plane",
+        "operator": "Exists",
+        "effect": "NoSchedule",
+    } in pod["tolerations"]
+    main = pod["containers"][0]
+    assert main["resources"]["requests"]["cpu"] == "50m"
+    if scenario.provider == "postgresql":
+        # the schema is applied automatically, by the same Job as production
+        jobs = [j["metadata"]["name"] for j in chart.of_kind(objects, "Job")]
+        assert any(j.startswith("nvsentinel-schema-") for j in jobs)
+        hba = chart.find(objects, "ConfigMap", "nvsentinel-postgresql-config")["data"]
+        assert "scram-sha-256" in hba["pg_hba.conf"], "the development password rule is on"
