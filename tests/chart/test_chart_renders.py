@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -43,9 +44,20 @@ def test_helm3_renders_the_same_objects_as_helm4(scenario: Scenario) -> None:
     assert inventory(rendered(scenario, chart.HELM3)) == inventory(rendered(scenario))
 
 
+HELMS = [
+    pytest.param(chart.HELM, id="helm4"),
+    pytest.param(
+        chart.HELM3,
+        id="helm3",
+        marks=pytest.mark.skipif(not chart.HELM3.exists(), reason=".bin/helm3 is not built"),
+    ),
+]
+
+
+@pytest.mark.parametrize("helm", HELMS)
 @pytest.mark.parametrize("values_file", [None, *VALUES_FILES])
-def test_helm_lint_strict_is_clean(values_file: str | None) -> None:
-    cmd = [str(chart.HELM), "lint", "--strict", str(chart.CHART), "--namespace", "nvsentinel"]
+def test_helm_lint_strict_is_clean(values_file: str | None, helm: Path) -> None:
+    cmd = [str(helm), "lint", "--strict", str(chart.CHART), "--namespace", "nvsentinel"]
     if values_file:
         cmd += ["--values", str(REPO / values_file)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
