@@ -470,7 +470,13 @@ class PostgresChangeStream:
 
     def _ensure_connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = self._connect()
+            conn = self._connect()
+            # The poll must walk the cursor index in order and stop at the batch
+            # size. With stale statistics (right after a burst of writes) the
+            # planner may instead collect the whole backlog and sort it, on every
+            # poll; on this dedicated connection, forbid the sort.
+            conn.execute("SET enable_sort = off")
+            self._conn = conn
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -541,7 +547,7 @@ class PostgresChangeStream:
                 row[10],
             )
             self._cursor = position
-            if event_matches(event, self._filter):
+            if self._filter is MATCH_ALL or event_matches(event, self._filter):
                 self._buffer.append((position, event))
         if read < self._options.batch_size:
             self._cursor = max(self._cursor, Position(horizon, 0))
