@@ -339,3 +339,26 @@ def test_client_cert_refresher_copies_a_renewed_certificate_and_stops_on_sigterm
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert "client-cert-refresher: copied postgresql-client-cert" in out
+
+
+def test_every_image_names_its_registry_and_a_mirror_replaces_it() -> None:
+    def images(objects: list[dict[str, Any]]) -> set[str]:
+        found = set()
+        for obj in objects:
+            pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+            if obj["kind"] == "CronJob":
+                pod = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            if obj["kind"] == "Pod":
+                pod = obj["spec"]
+            for key in ("initContainers", "containers"):
+                found |= {c["image"] for c in pod.get(key, [])}
+        return found
+
+    own = images(chart.render(["values-postgresql.yaml"]))
+    assert "ghcr.io/nvidia/nvsentinel/fault-quarantine:0.1.0" in own
+    assert any(i.startswith("quay.io/prometheuscommunity/postgres-exporter:") for i in own)
+    assert all(i.split("/", 1)[0] in {"docker.io", "ghcr.io", "quay.io"} for i in own), own
+    mirrored = images(
+        chart.render(["values-postgresql.yaml"], ["global.imageRegistry=mirror.internal:5000"])
+    )
+    assert mirrored and all(i.startswith("mirror.internal:5000/") for i in mirrored), mirrored

@@ -362,7 +362,7 @@ def test_exporter_and_its_service_appear_only_with_metrics_enabled() -> None:
     spec = pod_spec(statefulset(objects))
     exporter = container(spec, "metrics")
     assert [p["containerPort"] for p in exporter["ports"]] == [9187]
-    assert exporter["image"].startswith("prometheuscommunity/postgres-exporter:v")
+    assert exporter["image"].startswith("quay.io/prometheuscommunity/postgres-exporter:v")
     dsn = dict(part.split("=", 1) for part in env(exporter)["DATA_SOURCE_NAME"].split())
     socket_dir = mount_of(exporter, "run")["mountPath"]
     assert dsn["host"] == socket_dir and dsn["user"] == "nvsentinel_monitor"

@@ -48,7 +48,7 @@ nvsentinel.nvidia.com/datastore-client: "true"
 {{- define "nvsentinel.image" -}}
 {{- $tag := .image.tag | default .root.Chart.AppVersion -}}
 {{- $repo := .image.repository -}}
-{{- with .root.Values.global.imageRegistry -}}
+{{- with .root.Values.global.imageRegistry | default .image.registry -}}
 {{- $repo = printf "%s/%s" (trimSuffix "/" .) $repo -}}
 {{- end -}}
 {{- printf "%s:%s" $repo (toString $tag) -}}

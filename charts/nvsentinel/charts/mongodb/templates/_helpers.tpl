@@ -90,12 +90,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   value: {{ include "mongodb.paths.auth" . }}/{{ .Values.auth.rootPasswordKey }}
 {{- end -}}
 
-{{/* "<registry>/<repository>:<tag>" of an image map; the registry is the umbrella's global.imageRegistry when set. Call with (list $ <image map>). */}}
+{{/* "<registry>/<repository>:<tag>" of an image map; the registry is the umbrella's global.imageRegistry when set, else the image's own registry. Call with (list $ <image map>). */}}
 {{- define "mongodb.image" -}}
 {{- $root := index . 0 -}}
 {{- $image := index . 1 -}}
 {{- $repo := $image.repository -}}
-{{- with (($root.Values.global).imageRegistry) -}}
+{{- with (($root.Values.global).imageRegistry) | default $image.registry -}}
 {{- $repo = printf "%s/%s" (trimSuffix "/" .) $repo -}}
 {{- end -}}
 {{- printf "%s:%s" $repo (toString $image.tag) | quote -}}
