@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help setup test test-chart test-datastore test-cluster test-e2e lint bench e2e docs control-plane-up control-plane-down datastore-up datastore-down tilt-up clean
+.PHONY: help setup test test-chart test-datastore test-cluster test-e2e lint bench e2e docs control-plane-up control-plane-down datastore-up datastore-down kind-up tilt-up tilt-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -50,8 +50,14 @@ datastore-up: ## Start a local PostgreSQL configured as the chart configures it
 datastore-down: ## Stop the local PostgreSQL
 	hack/local-datastore.sh down
 
+kind-up: ## Create the kind cluster 'nvsentinel' for tilt up (needs Docker)
+	.bin/kind create cluster --name nvsentinel --config hack/kind-config.yaml
+
 tilt-up: ## Start Tilt on the current kind cluster (USE_POSTGRESQL=1 for PostgreSQL)
 	PATH="$(CURDIR)/.bin:$$PATH" tilt up
+
+tilt-down: ## Remove what tilt up deployed
+	PATH="$(CURDIR)/.bin:$$PATH" tilt down
 
 clean: ## Remove test reports and local state (keeps .venv and .bin)
 	rm -rf test-reports .state e2e-artifacts
