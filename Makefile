@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .PHONY: help setup test test-chart test-datastore test-cluster test-e2e lint bench e2e docs control-plane-up control-plane-down datastore-up datastore-down kind-up tilt-up tilt-down clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 setup: ## Install Debian packages, .venv and the Go-built tools in .bin/ (idempotent)
 	hack/setup.sh
