@@ -5,13 +5,13 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PG_FILES="$REPO/charts/nvsentinel/files/postgresql"
 OUTPUT="$REPO/docs/postgresql-schema.sql"
-SERVER_OS_USER="${SERVER_OS_USER:-postgres}"
+SERVER_OS_USER="${SERVER_OS_USER:-}"
 WORK=""
 BINDIR=""
 
 usage() {
     cat <<EOF
-Usage: $(basename "$0") [--check]
+Usage: $(basename "$0") [--check] [--output FILE]
 
 Builds the complete PostgreSQL schema that NVSentinel's migrations produce and
 writes it to docs/postgresql-schema.sql: starts a throwaway PostgreSQL server
@@ -19,12 +19,14 @@ writes it to docs/postgresql-schema.sql: starts a throwaway PostgreSQL server
 apply-migrations.sh exactly as the chart does, then dumps the schema with
 'pg_dump --schema-only --no-owner' and strips the lines that vary between runs.
 
-  --check   do not write; exit 1 (and show the difference) when
-            docs/postgresql-schema.sql is not what the migrations produce.
+  --check          do not write; exit 1 (and show the difference) when the
+                   file is not what the migrations produce.
+  --output FILE    the file to write or check (default docs/postgresql-schema.sql).
 
 Needs Debian's PostgreSQL server binaries (/usr/lib/postgresql/<major>/bin, or
 PG_BINDIR). The output depends on pg_dump's major version; generate and check
-with the same one. As root the server runs as \$SERVER_OS_USER (default postgres).
+with the same one. As root the server runs as \$SERVER_OS_USER (default: postgres
+if that account exists, else nobody).
 EOF
 }
 
@@ -42,6 +44,12 @@ find_bindir() {
     fi
     [[ -n "$BINDIR" && -x "$BINDIR/postgres" ]] \
         || die "no PostgreSQL server binaries (install Debian's postgresql package or set PG_BINDIR)"
+}
+
+pick_account() {
+    if [[ "$(id -u)" == 0 && -z "$SERVER_OS_USER" ]]; then
+        if id postgres >/dev/null 2>&1; then SERVER_OS_USER=postgres; else SERVER_OS_USER=nobody; fi
+    fi
 }
 
 # Runs a server binary as the unprivileged account when we are root.
@@ -104,20 +112,22 @@ main() {
         case "$1" in
             -h | --help) usage; return 0 ;;
             --check) check=1 ;;
+            --output) [[ $# -ge 2 ]] || die "--output needs a file"; OUTPUT="$2"; shift ;;
             *) usage >&2; die "unknown argument: $1" ;;
         esac
         shift
     done
     find_bindir
+    pick_account
     trap cleanup EXIT
     start_server
     apply_schema
     if [[ "$check" == 1 ]]; then
         if ! diff -u "$OUTPUT" <(dump_schema) >"$WORK/diff"; then
             cat "$WORK/diff" >&2
-            die "docs/postgresql-schema.sql is not current: run hack/gen-schema-doc.sh and commit it"
+            die "${OUTPUT#"$REPO"/} is not current: run hack/gen-schema-doc.sh and commit it"
         fi
-        echo "docs/postgresql-schema.sql is current"
+        echo "${OUTPUT#"$REPO"/} is current"
     else
         mkdir -p "$(dirname "$OUTPUT")"
         dump_schema >"$OUTPUT"

@@ -1,0 +1,41 @@
+"""hack/gen-schema-doc.sh: docs/postgresql-schema.sql is what the migrations produce."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.datastore
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "hack" / "gen-schema-doc.sh"
+SCHEMA_DOC = REPO / "docs" / "postgresql-schema.sql"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_schema_doc_is_generated_identically_from_the_migrations(tmp_path: Path) -> None:
+    generated = tmp_path / "schema.sql"
+    result = run("--output", str(generated))
+    assert result.returncode == 0, result.stderr
+    text = generated.read_text()
+    assert text == SCHEMA_DOC.read_text()
+    for name in ("health_events", "maintenance_events", "datastore_changelog", "resume_tokens"):
+        assert f"CREATE TABLE public.{name} (" in text
+    assert "CREATE TRIGGER health_events_capture_insert" in text
+    assert "GRANT SELECT ON TABLE public.datastore_changelog TO nvsentinel_app;" in text
+
+
+def test_schema_doc_check_fails_on_drift(tmp_path: Path) -> None:
+    stale = tmp_path / "schema.sql"
+    stale.write_text(SCHEMA_DOC.read_text().replace("resume_tokens", "resume_tokenz", 1))
+    result = run("--check", "--output", str(stale))
+    assert result.returncode == 1
+    assert "is not current" in result.stderr
+    assert "+" in result.stderr and "resume_tokens" in result.stderr
