@@ -133,7 +133,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, order=True)
 class Position:
-    """A point in a collection's change history: after change ``(txid, change_id)``."""
+    """A point in a collection's change history: after change ``(position_txid, id)``."""
 
     txid: int
     change_id: int
@@ -399,9 +399,12 @@ class PostgresChangeStream:
             seen = self._wakeup.count(self._collection) if self._wakeup else 0
             read = self._poll_with_retry(deadline)
             if read > 0:
-                # Changes are flowing: poll again soon after this batch.
+                # Changes are flowing: poll again at once (unless the time is up and
+                # the filter let nothing through).
                 self._idle = self._options.min_poll_interval
-                continue
+                if self._buffer or deadline is None or time.monotonic() < deadline:
+                    continue
+                return None
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
