@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import psycopg
 import pytest
 
-from nvsentinel_store.changestream import event_matches, parse_pipeline
+from nvsentinel_store.changestream import Position, event_matches, parse_pipeline
 from nvsentinel_store.providers.postgresql import PostgresCollection, PostgresStore
 from nvsentinel_store.store import ChangeEvent, WatchOptions
 
@@ -167,3 +168,27 @@ def test_filters_survive_a_match_document_with_several_stages(store: PostgresSto
     got = drain(stream)
     assert [e["operationType"] for e in got] == ["update", "update"]
     assert {e["documentKey"]["_id"] for e in got} == {"fixed-id"}
+
+
+def test_try_next_returns_at_its_timeout_while_reading_unmatched_changes(
+    store: PostgresStore, app_conn: psycopg.Connection[Any]
+) -> None:
+    """A filter that matches nothing in a long backlog must not hold try_next past its timeout."""
+    app_conn.execute(
+        "INSERT INTO health_events (document) "
+        "SELECT jsonb_build_object('n', g) FROM generate_series(1, 20000) AS g"
+    )
+    last = app_conn.execute(
+        "SELECT position_txid::text, id FROM datastore_changelog "
+        "ORDER BY position_txid DESC, id DESC LIMIT 1"
+    ).fetchone()
+    assert last is not None
+    # Not pushed into SQL (checked in Python only), and matching nothing here.
+    stream = store.collection("health_events").watch(
+        [{"$match": {"ns.coll": "maintenance_events"}}],
+        from_beginning=True,
+        options=WatchOptions(batch_size=7),
+    )
+    assert stream.try_next(timeout=0.05) is None
+    # It stopped reading at the timeout, well inside the 2,858 batches of the backlog.
+    assert stream.position < Position(int(last[0]), int(last[1]))
