@@ -250,3 +250,19 @@ def test_capture_triggers_do_not_notify(app_conn: psycopg.Connection[Any]) -> No
         "WHERE n.nspname = 'public' AND p.prosrc ILIKE '%notify%'"
     ).fetchall()
     assert rows == []
+
+
+def test_streams_see_only_their_collection(store: PostgresStore) -> None:
+    health_stream = store.collection("health_events").watch(options=FAST)
+    maintenance = store.collection("maintenance_events")
+    maintenance_stream = maintenance.watch(options=FAST)
+    maintenance.insert_one({"eventId": "m-1", "status": "DETECTED"})
+    maintenance.update_one({"eventId": "m-1"}, {"$set": {"status": "QUARANTINE_TRIGGERED"}})
+    store.collection("health_events").insert_one(node_event("n1"))
+    insert, update = take(maintenance_stream, 2)
+    assert (insert["ns"]["coll"], insert["documentKey"]) == ("maintenance_events", {"_id": "m-1"})
+    assert update["updateDescription"]["updatedFields"] == {"status": "QUARANTINE_TRIGGERED"}
+    assert nothing_more(maintenance_stream)
+    (health,) = take(health_stream, 1)
+    assert health["ns"]["coll"] == "health_events"
+    assert nothing_more(health_stream)
