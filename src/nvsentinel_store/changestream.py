@@ -75,6 +75,9 @@ deleted (``datastore_changelog_pruned``). A stream whose position is below that
 frontier raises :class:`~nvsentinel_store.errors.HistoryLostError` -- at open
 and at every poll (the frontier is read in the same snapshot as the rows) --
 and never skips ahead on its own. ``from_beginning`` starts at the frontier.
+Starting "now" means at ``(horizon, 0)``: every change committed after the
+stream opened is delivered, and so may be a few committed just before (those
+whose ids are above a transaction that was still running).
 
 Wake-up: adaptive polling
 =========================
