@@ -64,11 +64,12 @@ def test_version_endpoint_reports_kubernetes_1_34(kube_api: client.ApiClient) ->
 
 
 def test_readyz_answers_ok(kube_api: client.ApiClient) -> None:
-    response = kube_api.call_api(
-        "/readyz", "GET", auth_settings=["BearerToken"], _preload_content=False
-    )[0]
-    assert response.status == 200
-    assert response.data.decode() == "ok"
+    request = kube_api.param_serialize(
+        method="GET", resource_path="/readyz", auth_settings=["BearerToken"]
+    )
+    response = kube_api.call_api(*request)
+    response.read()
+    assert (response.status, response.data) == (200, b"ok")
 
 
 def test_namespace_can_be_created_and_is_finalized_on_delete(kube_api: client.ApiClient) -> None:
