@@ -105,7 +105,8 @@ def test_a_server_that_cannot_start_reports_its_log_and_leaves_nothing(
         start_server(pki)
     assert "could not load private key file" in str(info.value)
     assert "key values mismatch" in str(info.value)
-    assert set(Path(tempfile.gettempdir()).glob("nvsentinel-pg-*")) == before
+    # Only what this start created counts: other servers on the machine may come and go.
+    assert set(Path(tempfile.gettempdir()).glob("nvsentinel-pg-*")) - before == set()
 
 
 def test_renewed_server_certificate_is_served_after_reload(
