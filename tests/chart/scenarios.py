@@ -15,20 +15,13 @@ from typing import Any
 import yaml
 
 from tests.fixtures import chart
+from tests.fixtures.chart import SERVICES
 
 REPO = chart.REPO
 VALUES_FILES = (
     "values-postgresql.yaml",
     "values-tilt-postgresql.yaml",
     "values-tilt-mongodb.yaml",
-)
-SERVICES = (
-    "platform-connectors",
-    "fault-quarantine",
-    "node-drainer",
-    "fault-remediation",
-    "health-events-analyzer",
-    "csp-health-monitor",
 )
 MOUNT_PATH = "/etc/nvsentinel/datastore-tls"
 CLIENT_LABEL = "nvsentinel.nvidia.com/datastore-client"

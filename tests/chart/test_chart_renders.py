@@ -19,14 +19,7 @@ def test_scenario_renders_the_datastore_config_and_all_six_services(scenario: Sc
     config = chart.find(objects, "ConfigMap", "nvsentinel-datastore-config")
     assert config["data"]["DATASTORE_PROVIDER"] == scenario.provider
     deployments = {d["metadata"]["name"] for d in chart.of_kind(objects, "Deployment")}
-    assert {
-        "platform-connectors",
-        "fault-quarantine",
-        "node-drainer",
-        "fault-remediation",
-        "health-events-analyzer",
-        "csp-health-monitor",
-    } <= deployments
+    assert set(chart.SERVICES) <= deployments
 
 
 def test_every_values_file_at_the_repository_root_is_a_scenario() -> None:

@@ -13,17 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster.conftest import REPO, Release, objects_in_namespace
+from tests.fixtures.chart import SERVICES
 
 PROVIDERS = ("postgresql", "mongodb")
 PORTS = {"postgresql": 5432, "mongodb": 27017}
-SERVICES = (
-    "platform-connectors",
-    "fault-quarantine",
-    "node-drainer",
-    "fault-remediation",
-    "health-events-analyzer",
-    "csp-health-monitor",
-)
 CLIENT_LABEL = "nvsentinel.nvidia.com/datastore-client"
 MOUNT_PATH_VARS = {
     "postgresql": "POSTGRESQL_CLIENT_CERT_MOUNT_PATH",

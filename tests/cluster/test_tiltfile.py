@@ -26,17 +26,10 @@ import yaml
 from kubernetes import client, config
 
 from tests.cluster.conftest import REPO, create_namespace, delete_namespace, namespace_name
+from tests.fixtures.chart import SERVICES
 
 pytestmark = pytest.mark.cluster
 
-SERVICES = {
-    "platform-connectors",
-    "fault-quarantine",
-    "node-drainer",
-    "fault-remediation",
-    "health-events-analyzer",
-    "csp-health-monitor",
-}
 #: Resources each datastore gets besides the services: its StatefulSet, its setup Job.
 DATASTORE_RESOURCES = {
     "mongodb": ("nvsentinel-mongodb", "nvsentinel-mongodb-init", 27017),
@@ -157,7 +150,7 @@ def test_use_postgresql_selects_the_datastore_and_its_values_file(
     values = [f for f in result.config_files if f.startswith("values")]
     assert values == [f"values-tilt-{datastore}.yaml"], result.config_files
     store, setup_job, _ = DATASTORE_RESOURCES[datastore]
-    assert set(result.manifests) == INFRASTRUCTURE | SERVICES | {store, setup_job}
+    assert set(result.manifests) == INFRASTRUCTURE | set(SERVICES) | {store, setup_job}
 
 
 @pytest.mark.parametrize("datastore", ["mongodb", "postgresql"])

@@ -29,20 +29,13 @@ from tests.e2e.datastore_client import (
 )
 from tests.e2e.port_forward_relay import PortForwardRelay, relay_to_service
 from tests.e2e.schema_checks import assert_schema_current, assert_tables_and_triggers
+from tests.fixtures.chart import SERVICES
 from tests.fixtures.diagnostics import kubectl
 from tests.fixtures.rollout import read_state
 
 pytestmark = pytest.mark.e2e
 
 DATASTORE = "postgresql"
-SERVICES = (
-    "platform-connectors",
-    "fault-quarantine",
-    "node-drainer",
-    "fault-remediation",
-    "health-events-analyzer",
-    "csp-health-monitor",
-)
 
 
 @dataclass(frozen=True)
