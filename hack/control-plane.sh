@@ -380,6 +380,37 @@ print_export() {
 	echo "export KUBECONFIG=$(kubeconfig_path)"
 }
 
+# choose_ports: free ports for every listener, recorded in ports.env.
+choose_ports() {
+	read -r ETCD_PORT ETCD_PEER_PORT APISERVER_PORT CONTROLLER_MANAGER_PORT <<<"$(free_ports 4)"
+	printf '%s\n' "ETCD_PORT=${ETCD_PORT}" "ETCD_PEER_PORT=${ETCD_PEER_PORT}" \
+		"APISERVER_PORT=${APISERVER_PORT}" "CONTROLLER_MANAGER_PORT=${CONTROLLER_MANAGER_PORT}" \
+		>"${STATE_DIR}/ports.env"
+}
+
+# start_components: etcd, kube-apiserver and kube-controller-manager on free
+# ports. A port found free can be taken by another program before a component
+# binds it; then the components are started again on new ports (3 tries).
+start_components() {
+	local attempt
+	for attempt in 1 2 3; do
+		choose_ports
+		write_kubeconfig "$(kubeconfig_path)" "https://127.0.0.1:${APISERVER_PORT}" admin
+		if (
+			step "etcd ready" start_etcd
+			step "kube-apiserver ready" start_apiserver
+			step "kube-controller-manager healthy" start_controller_manager
+		); then
+			return 0
+		fi
+		if ((attempt == 3)) || ! grep -qs "address already in use" "${STATE_DIR}"/logs/*.log; then
+			exit 1
+		fi
+		log "control-plane: a port was taken meanwhile; starting again on other ports"
+		rm -rf "${STATE_DIR}/etcd" "${STATE_DIR}"/logs/*.log
+	done
+}
+
 # take_lock: serialise up and down on one state directory. Returns non-zero
 # when another holder keeps the lock past the timeout.
 take_lock() {
@@ -414,15 +445,8 @@ cmd_up() {
 	mkdir -p "${STATE_DIR}/pids" "${STATE_DIR}/logs"
 	touch "${STATE_DIR}/${MARKER}"
 	trap on_up_exit EXIT
-	read -r ETCD_PORT ETCD_PEER_PORT APISERVER_PORT CONTROLLER_MANAGER_PORT <<<"$(free_ports 4)"
-	printf '%s\n' "ETCD_PORT=${ETCD_PORT}" "ETCD_PEER_PORT=${ETCD_PEER_PORT}" \
-		"APISERVER_PORT=${APISERVER_PORT}" "CONTROLLER_MANAGER_PORT=${CONTROLLER_MANAGER_PORT}" \
-		>"${STATE_DIR}/ports.env"
 	step certificates generate_certificates
-	write_kubeconfig "$(kubeconfig_path)" "https://127.0.0.1:${APISERVER_PORT}" admin
-	step "etcd ready" start_etcd
-	step "kube-apiserver ready" start_apiserver
-	step "kube-controller-manager healthy" start_controller_manager
+	start_components
 	step "cert-manager ${CERT_MANAGER_VERSION} CRDs established" install_cert_manager_crds
 	touch "${STATE_DIR}/ready"
 	UP_DONE=1
