@@ -20,7 +20,7 @@ from bench import workers
 from bench.documents import sql_document
 from bench.processes import Workers
 from bench.server import BenchServer
-from bench.writes import WORKLOADS, pgbench, prefill, scripts
+from bench.writes import pgbench, prefill, scripts
 from nvsentinel_store.providers.postgresql import PostgresStore
 from nvsentinel_store.store import Pipeline, WatchOptions
 
@@ -32,7 +32,8 @@ class Plan:
     write_seconds: int
     write_rounds: int
     write_prefill: int
-    write_fsync_off: bool
+    #: (workload, fsync on, clients) per cell, in the order run.
+    write_cells: tuple[tuple[str, bool, int], ...]
     drain_changes: int
     latency_rates: tuple[float, ...]
     latency_seconds: float
@@ -44,10 +45,16 @@ class Plan:
 
 
 FULL = Plan(
-    write_seconds=5,
-    write_rounds=2,
+    write_seconds=3,
+    write_rounds=3,
     write_prefill=20_000,
-    write_fsync_off=True,
+    write_cells=(
+        ("insert", True, 1),
+        ("insert", True, 8),
+        ("mix", True, 1),
+        ("mix", True, 8),
+        ("insert", False, 8),
+    ),
     drain_changes=100_000,
     latency_rates=(100.0, 1000.0),
     latency_seconds=10.0,
@@ -61,7 +68,7 @@ QUICK = Plan(
     write_seconds=1,
     write_rounds=1,
     write_prefill=2_000,
-    write_fsync_off=False,
+    write_cells=(("insert", True, 1), ("insert", True, 8), ("mix", True, 8)),
     drain_changes=10_000,
     latency_rates=(100.0, 1000.0),
     latency_seconds=2.0,
@@ -98,13 +105,13 @@ class WriteCell:
     tps: dict[bool, list[float]] = field(default_factory=lambda: {True: [], False: []})
     failed: int = 0
 
-    def mean(self, capture: bool) -> float:
+    def median(self, capture: bool) -> float:
         values = self.tps[capture]
-        return statistics.fmean(values) if values else math.nan
+        return statistics.median(values) if values else math.nan
 
     @property
     def ratio(self) -> float:
-        return self.mean(True) / self.mean(False)
+        return self.median(True) / self.median(False)
 
 
 def measure_writes(bs: BenchServer, plan: Plan, log: Progress) -> list[WriteCell]:
@@ -117,33 +124,29 @@ def measure_writes(bs: BenchServer, plan: Plan, log: Progress) -> list[WriteCell
     for db in dbs.values():
         prefill(bs.conninfo(db), plan.write_prefill)
         bs.analyze(db)
-    settings = [True, False] if plan.write_fsync_off else [True]
     cells: list[WriteCell] = []
     with tempfile.TemporaryDirectory(prefix="nvsentinel-bench-") as tmp:
         files = scripts(Path(tmp), plan.write_prefill)
-        for durable in settings:
-            bs.set_durable(durable)
-            for workload in WORKLOADS:
-                if workload == "mix" and not durable:
-                    continue
-                for clients in (1, 8):
-                    cell = WriteCell(workload, durable, clients)
-                    cells.append(cell)
-                    for rnd in range(plan.write_rounds):
-                        order = (True, False) if (rnd + len(cells)) % 2 else (False, True)
-                        for capture in order:
-                            result = pgbench(
-                                bs, dbs[capture], files[workload], clients, plan.write_seconds
-                            )
-                            cell.tps[capture].append(result.tps)
-                            cell.failed += result.failed
-                            log(
-                                f"write {workload:6} fsync={'on' if durable else 'off':3} "
-                                f"clients={clients} capture={'on' if capture else 'off':3} "
-                                f"round {rnd + 1}: {result.tps:8.0f} tx/s "
-                                f"(avg latency {result.latency_ms:.2f} ms)"
-                            )
-                    log(f"  -> capture keeps {cell.ratio:.0%}")
+        for workload, durable, clients in plan.write_cells:
+            if bs.fsync() != ("on" if durable else "off"):
+                bs.set_durable(durable)
+            cell = WriteCell(workload, durable, clients)
+            cells.append(cell)
+            for rnd in range(plan.write_rounds):
+                # Alternate which database goes first, so drift in the machine's
+                # load does not favour one side.
+                order = (True, False) if (rnd + len(cells)) % 2 else (False, True)
+                for capture in order:
+                    result = pgbench(bs, dbs[capture], files[workload], clients, plan.write_seconds)
+                    cell.tps[capture].append(result.tps)
+                    cell.failed += result.failed
+                    log(
+                        f"write {workload:6} fsync={'on' if durable else 'off':3} "
+                        f"clients={clients} capture={'on' if capture else 'off':3} "
+                        f"round {rnd + 1}: {result.tps:8.0f} tx/s "
+                        f"(avg latency {result.latency_ms:.2f} ms)"
+                    )
+            log(f"  -> capture keeps {cell.ratio:.1%} (medians)")
     bs.set_durable(True)
     for db in dbs.values():
         bs.server.drop_database(db)

@@ -95,7 +95,7 @@ def summary_rows(r: Report) -> list[tuple[str, str, str, str]]:
             rows.append(
                 (
                     "Write throughput kept with change capture, 8 clients (inserts)",
-                    f"{cell.ratio:.1%} ({_n(cell.mean(True))} vs {_n(cell.mean(False))} /s)",
+                    f"{cell.ratio:.1%} ({_n(cell.median(True))} vs {_n(cell.median(False))} /s)",
                     ">= 75%",
                     _met(cell.ratio >= TARGET_RATIO),
                 )
@@ -177,7 +177,8 @@ def render(r: Report) -> str:
     out += ["", "## 1. Write throughput (transactions/s)", ""]
     out.append(
         f"pgbench, one statement per transaction, {p.write_seconds} s per cell, "
-        f"{p.write_rounds} round(s) interleaving capture on/off (mean shown). `insert`: a new "
+        f"{p.write_rounds} round(s) alternating which side goes first (median shown, every "
+        "round in the last column). `insert`: a new "
         "health event per transaction; `mix`: half inserts, half quarantine-status updates "
         f"of one of {p.write_prefill:,} events. Capture off = the same schema in another "
         "database with the capture triggers disabled (`ALTER TABLE ... DISABLE TRIGGER`)."
@@ -190,8 +191,8 @@ def render(r: Report) -> str:
                 cell.workload,
                 "on" if cell.durable else "off",
                 str(cell.clients),
-                _n(cell.mean(True)),
-                _n(cell.mean(False)),
+                _n(cell.median(True)),
+                _n(cell.median(False)),
                 f"{cell.ratio:.1%}",
                 " / ".join(_n(v) for v in cell.tps[True])
                 + " vs "
@@ -201,6 +202,8 @@ def render(r: Report) -> str:
     out += _table(
         ("Workload", "fsync", "Clients", "With capture", "Without", "Kept", "Rounds"), rows
     )
+    failed = sum(cell.failed for cell in r.writes)
+    out += ["", f"Failed pgbench transactions: {failed:,}."]
 
     out += ["", "## 2. Drain: one consumer reading the changelog from the beginning", ""]
     out.append(
