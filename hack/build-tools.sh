@@ -42,7 +42,10 @@ Environment:
   NVSENTINEL_TOOLS_CACHE   built-binary cache (default: \${XDG_CACHE_HOME:-~/.cache}/nvsentinel-tools)
 
 Builds run one after another; concurrent runs of this script are safe (each
-tool's cache entry is built under a lock and moved into place whole).
+tool's cache entry is built under a lock and moved into place whole). Needs go
+and, for tilt (cgo: tree-sitter), a C compiler. The cache is keyed by tool and
+version only: after changing how a tool is built, remove its cache entry
+(<cache>/TOOL-VERSION) and .bin/.versions/TOOL.
 EOF
 }
 
