@@ -38,3 +38,13 @@ files/postgresql/migrations/*.sql
 {{- define "nvsentinel.schema.enabled" -}}
 {{- if and (eq (include "nvsentinel.datastore.provider" .) "postgresql") .Values.schema.job.enabled -}}true{{- end -}}
 {{- end -}}
+
+{{/* nvsentinel.changelogRetention.enabled: "true" when this release prunes datastore_changelog on a schedule (PostgreSQL provider and changelogRetention.enabled). */}}
+{{- define "nvsentinel.changelogRetention.enabled" -}}
+{{- if and (eq (include "nvsentinel.datastore.provider" .) "postgresql") .Values.changelogRetention.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* nvsentinel.changelogRetention.name: the pruning CronJob, <release>-changelog-prune (52 characters at most, the CronJob limit). */}}
+{{- define "nvsentinel.changelogRetention.name" -}}
+{{- printf "%s-changelog-prune" .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
