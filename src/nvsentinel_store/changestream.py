@@ -104,7 +104,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
 from typing import Any, Final, TypeVar
 
 import psycopg
@@ -124,7 +123,13 @@ from nvsentinel_store.query import (
     update_description,
     updated_fields_resolver,
 )
-from nvsentinel_store.store import ChangeEvent, Pipeline, ResumeToken, WatchOptions
+from nvsentinel_store.store import (
+    ChangeEvent,
+    ClosingContext,
+    Pipeline,
+    ResumeToken,
+    WatchOptions,
+)
 
 _TOKEN_RE: Final = re.compile(r"^[0-9a-f]{32}$")
 #: How long storing a token keeps retrying through a connection loss.
@@ -316,7 +321,7 @@ def delete_token(conn: psycopg.Connection[Any], client_name: str, collection: st
     return cur.rowcount > 0
 
 
-class PostgresChangeStream:
+class PostgresChangeStream(ClosingContext):
     """A change stream on one collection (see the module docstring)."""
 
     def __init__(
@@ -435,17 +440,6 @@ class PostgresChangeStream:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-    def __enter__(self) -> PostgresChangeStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- internals --------------------------------------------------------------
     def _start(

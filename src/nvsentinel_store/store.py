@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 Document = dict[str, Any]
 Filter = Mapping[str, Any]
@@ -38,6 +38,24 @@ Pipeline = Sequence[Mapping[str, Any]]
 
 #: Collections the datastore holds (PostgreSQL tables of the same name).
 COLLECTIONS: tuple[str, ...] = ("health_events", "maintenance_events")
+
+
+class ClosingContext:
+    """``with`` support for the stores and streams: leaving the block closes it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)

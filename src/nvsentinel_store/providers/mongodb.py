@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 from bson.timestamp import Timestamp
@@ -52,6 +51,7 @@ from nvsentinel_store.errors import ConfigError, HistoryLostError, QueryError, S
 from nvsentinel_store.query import apply_update, parse_filter, split_path
 from nvsentinel_store.store import (
     ChangeEvent,
+    ClosingContext,
     Document,
     Filter,
     Pipeline,
@@ -122,7 +122,7 @@ def _is_resumable(err: PyMongoError) -> bool:
     return isinstance(err, OperationFailure) and err.has_error_label("ResumableChangeStreamError")
 
 
-class MongoChangeStream:
+class MongoChangeStream(ClosingContext):
     """A MongoDB change stream that reopens from its last token after a connection loss."""
 
     def __init__(
@@ -238,17 +238,6 @@ class MongoChangeStream:
             self._stream.close()
             self._stream = None
 
-    def __enter__(self) -> MongoChangeStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 class MongoCollection:
     """One MongoDB collection behind the collection API."""
@@ -354,7 +343,7 @@ class MongoCollection:
         )
 
 
-class MongoStore:
+class MongoStore(ClosingContext):
     """A MongoDB connection behind the collection API; a context manager that closes it."""
 
     def __init__(
@@ -448,14 +437,3 @@ class MongoStore:
 
     def close(self) -> None:
         self.client.close()
-
-    def __enter__(self) -> MongoStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

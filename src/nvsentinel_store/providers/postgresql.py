@@ -26,7 +26,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, TypeVar
 
 import psycopg
@@ -48,6 +47,7 @@ from nvsentinel_store.providers.postgresql_query import TABLE_COLUMNS, TableTarg
 from nvsentinel_store.query import apply_update, json_equal, parse_filter, to_json_value
 from nvsentinel_store.store import (
     COLLECTIONS,
+    ClosingContext,
     Document,
     Filter,
     Pipeline,
@@ -92,7 +92,7 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-class PostgresStore:
+class PostgresStore(ClosingContext):
     """A connection pool to the NVSentinel database and its collections."""
 
     def __init__(
@@ -198,17 +198,6 @@ class PostgresStore:
 
     def close(self) -> None:
         self._pool.close()
-
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class PostgresCollection:
