@@ -105,29 +105,36 @@ def render_chart_dir(chart_dir: Path, set_values: tuple[str, ...] = ()) -> list[
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    """The pod spec of a Deployment, Job or Pod."""
+def pod_template(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod template of a Deployment, StatefulSet, Job or CronJob (a Pod is its own)."""
     if obj["kind"] == "Pod":
-        return obj["spec"]  # type: ignore[no-any-return]
-    return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+        return obj
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]  # type: ignore[no-any-return]
+    return obj["spec"]["template"]  # type: ignore[no-any-return]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec of a Deployment, Job, CronJob or Pod."""
+    return pod_template(obj)["spec"]  # type: ignore[no-any-return]
 
 
 def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
-    """The labels the pods of a Deployment, Job or Pod carry."""
-    if obj["kind"] == "Pod":
-        return obj["metadata"].get("labels", {})  # type: ignore[no-any-return]
-    return obj["spec"]["template"]["metadata"].get("labels", {})  # type: ignore[no-any-return]
+    """The labels the pods of a Deployment, Job, CronJob or Pod carry."""
+    return pod_template(obj)["metadata"].get("labels", {})  # type: ignore[no-any-return]
 
 
 def datastore_clients(objects: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
     """Every workload of the umbrella chart that talks to the store: the six services,
-    the schema Job and the helm test pod (the subcharts' own pods are excluded)."""
+    the schema Job, the changelog-prune CronJob and the helm test pod (the subcharts'
+    own pods are excluded)."""
 
     def is_client(obj: dict[str, Any]) -> bool:
         kind, name = obj["kind"], obj["metadata"]["name"]
         return (
             (kind == "Deployment" and name in SERVICES)
             or (kind == "Job" and name.startswith("nvsentinel-schema-"))
+            or (kind == "CronJob" and name == "nvsentinel-changelog-prune")
             or (kind == "Pod" and name == "nvsentinel-datastore-test")
         )
 
