@@ -37,6 +37,8 @@ Environment:
   NVSENTINEL_CONTROL_PLANE_DIR      state directory (default: .state/control-plane)
   NVSENTINEL_BIN_DIR                where the binaries are (default: .bin)
   NVSENTINEL_CONTROL_PLANE_TIMEOUT  seconds to wait for readiness (default: 90)
+  NVSENTINEL_GUARD_SERVICE_RANGE    1 (default): as root, add an 'unreachable' route for
+                                    the service range while the plane runs; 0: don't
 
 The admin client certificate is in group system:masters. The API server runs
 with RBAC (and Node) authorization, the ServiceAccount admission plugin off,
@@ -44,7 +46,9 @@ service account tokens signed by a key made here, and service cluster IPs from
 ${SERVICE_CIDR}. Nothing listens on that range, and nothing must dial it: the
 API server routes webhooks and aggregated APIs to endpoint addresses
 (--enable-aggregator-routing), never to a service IP, and without pods there
-are no endpoint addresses.
+are no endpoint addresses. As a second guard, 'up' (as root) adds an
+'unreachable' route for that range, so a stray dial fails at once on this
+machine instead of leaving it; 'down' removes the route it added.
 EOF
 }
 
@@ -413,6 +417,25 @@ start_components() {
 
 # take_lock: serialise up and down on one state directory. Returns non-zero
 # when another holder keeps the lock past the timeout.
+# guard_service_range: route the service range nowhere while the plane runs,
+# so nothing can dial a service IP off this machine (root only; recorded in
+# the state so that down removes only what up added).
+guard_service_range() {
+	[[ "${NVSENTINEL_GUARD_SERVICE_RANGE:-1}" == 1 && "$(id -u)" == 0 ]] || return 0
+	command -v ip >/dev/null || return 0
+	if ip route show "${SERVICE_CIDR}" | grep -q .; then
+		return 0
+	fi
+	ip route add unreachable "${SERVICE_CIDR}"
+	touch "${STATE_DIR}/service-range-guard"
+	log "control-plane: added route 'unreachable ${SERVICE_CIDR}'"
+}
+
+unguard_service_range() {
+	[[ -f "${STATE_DIR}/service-range-guard" ]] || return 0
+	ip route del unreachable "${SERVICE_CIDR}" 2>/dev/null || true
+}
+
 take_lock() {
 	mkdir -p "$(dirname "${STATE_DIR}")"
 	exec 9>"${STATE_DIR%/}.lock"
@@ -445,6 +468,7 @@ cmd_up() {
 	mkdir -p "${STATE_DIR}/pids" "${STATE_DIR}/logs"
 	touch "${STATE_DIR}/${MARKER}"
 	trap on_up_exit EXIT
+	guard_service_range
 	step certificates generate_certificates
 	start_components
 	step "cert-manager ${CERT_MANAGER_VERSION} CRDs established" install_cert_manager_crds
@@ -466,6 +490,7 @@ cmd_down() {
 	fi
 	take_lock || log "control-plane: ${STATE_DIR%/}.lock is held; stopping anyway"
 	stop_all
+	unguard_service_range
 	remove_state
 	log "control-plane: stopped, ${STATE_DIR} removed"
 }

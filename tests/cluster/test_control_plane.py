@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -221,3 +222,16 @@ def test_control_plane_help_says_pods_never_run() -> None:
     )
     assert "no kubelet" in result.stdout
     assert "pods are never scheduled" in result.stdout
+
+
+def test_service_range_is_unreachable_while_the_plane_runs(
+    control_plane: ControlPlane | None,
+) -> None:
+    if control_plane is None:
+        pytest.skip("the cluster was given by --kubeconfig/KUBECONFIG, not started here")
+    if os.geteuid() != 0:
+        pytest.skip("only root may add the route; the plane runs unguarded")
+    routes = subprocess.run(
+        ["ip", "route", "show", "10.0.0.0/24"], capture_output=True, text=True, check=True
+    ).stdout
+    assert routes.startswith("unreachable 10.0.0.0/24"), routes
