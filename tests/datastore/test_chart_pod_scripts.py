@@ -1,19 +1,25 @@
 """The chart's PostgreSQL pods, run as processes against a real server: the schema
-Job (fix-cert-permissions, wait-for-postgresql, apply-migrations) and the `helm test`
-pod, with the environment the kubelet would give them from the rendered objects."""
+Job (fix-cert-permissions, wait-for-postgresql, apply-migrations), the `helm test`
+pod and the changelog-prune CronJob, with the environment the kubelet would give
+them from the rendered objects."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from nvsentinel_store.changestream import PostgresChangeStream
+from nvsentinel_store.providers.postgresql import PostgresStore
+from nvsentinel_store.store import ChangeEvent, WatchOptions
 from tests.fixtures import chart
-from tests.fixtures.postgres import MIGRATION_USER, PostgresDatabase
+from tests.fixtures.postgres import APP_USER, MIGRATION_USER, PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 
@@ -167,3 +173,125 @@ def test_wait_for_postgresql_gives_up_with_a_message_when_nothing_listens(
     )
     assert result.returncode == 1
     assert "localhost:1 did not accept connections within 3s" in result.stderr
+
+
+# -- the changelog-prune CronJob ----------------------------------------------------
+
+FAST = WatchOptions(poll_interval=0.02)
+
+
+def prune_pod(objects: list[dict[str, Any]], db: PostgresDatabase, root: Path) -> Pod:
+    """The CronJob's pod with the application's certificate copied in by fix-cert-permissions."""
+    cronjob = chart.find(objects, "CronJob", "nvsentinel-changelog-prune")
+    pod = Pod(cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"], objects, db, root)
+    pod.copy_certificate(APP_USER)
+    return pod
+
+
+def take(stream: PostgresChangeStream, count: int) -> list[ChangeEvent]:
+    got: list[ChangeEvent] = []
+    deadline = time.monotonic() + 10
+    while len(got) < count and time.monotonic() < deadline:
+        event = stream.try_next(timeout=max(0.0, deadline - time.monotonic()))
+        if event is not None:
+            got.append(event)
+    assert len(got) == count, f"{len(got)} of {count} events arrived"
+    return got
+
+
+def nodes(events: list[ChangeEvent]) -> list[str]:
+    return [e["fullDocument"]["healthevent"]["nodename"] for e in events]
+
+
+def age_changes(db: PostgresDatabase, where: str = "true") -> None:
+    """Move changes (the ``where`` ones) 8 days into the past, beyond the default 7 days."""
+    with psycopg.connect(db.superuser_conninfo(), autocommit=True) as conn:
+        conn.execute(
+            "UPDATE datastore_changelog SET changed_at = changed_at - interval '8 days' "
+            f"WHERE {where}"
+        )
+
+
+def changelog_count(db: PostgresDatabase) -> int:
+    with psycopg.connect(db.superuser_conninfo(), autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM datastore_changelog").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_prune_cronjob_deletes_old_changes_and_keeps_those_a_live_consumer_has_not_read(
+    objects: list[dict[str, Any]],
+    schema_database: PostgresDatabase,
+    store: PostgresStore,
+    tmp_path: Path,
+) -> None:
+    events = store.collection("health_events")
+    lagging = events.watch(client_name="node-drainer", options=FAST)
+    for n in range(10):
+        events.insert_one({"healthevent": {"nodename": f"n{n}", "isfatal": False}})
+    assert nodes(take(lagging, 3)) == ["n0", "n1", "n2"]
+    lagging.save_token()  # stored now: a live consumer, three changes behind it
+    lagging.close()
+    age_changes(schema_database)
+
+    pruned = prune_pod(objects, schema_database, tmp_path / "prune").run("changelog-prune")
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert "changes older than 7 days" in pruned.stdout
+    assert f"as {APP_USER}" in pruned.stdout
+    assert (
+        "changelog-prune: health_events: deleted 3 change(s), expired 0 consumer(s)"
+        in pruned.stdout
+    ), pruned.stdout
+    assert changelog_count(schema_database) == 7
+    resumed = events.watch(client_name="node-drainer", options=FAST)
+    assert nodes(take(resumed, 7)) == [f"n{n}" for n in range(3, 10)]
+    resumed.close()
+
+
+def test_prune_cronjob_keeps_changes_younger_than_max_age_and_expires_silent_consumers(
+    objects: list[dict[str, Any]],
+    schema_database: PostgresDatabase,
+    store: PostgresStore,
+    tmp_path: Path,
+) -> None:
+    events = store.collection("health_events")
+    reader = events.watch(client_name="fault-remediation", options=FAST)
+    for n in range(6):
+        events.insert_one({"healthevent": {"nodename": f"n{n}", "isfatal": False}})
+    take(reader, 6)
+    reader.save_token()  # passed everything, but silent for 8 days (below)
+    reader.close()
+    with psycopg.connect(schema_database.superuser_conninfo(), autocommit=True) as conn:
+        conn.execute("UPDATE resume_tokens SET updated_at = updated_at - interval '8 days'")
+    age_changes(schema_database, "id IN (SELECT id FROM datastore_changelog ORDER BY id LIMIT 2)")
+
+    pod = prune_pod(objects, schema_database, tmp_path / "prune")
+    pruned = pod.run("changelog-prune")
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert (
+        "changelog-prune: health_events: deleted 2 change(s), expired 1 consumer(s)"
+        in pruned.stdout
+    ), pruned.stdout
+    assert changelog_count(schema_database) == 4
+    again = pod.run("changelog-prune")
+    assert "health_events: deleted 0 change(s), expired 0 consumer(s)" in again.stdout
+
+
+def test_prune_cronjob_fails_with_a_message_when_the_schema_was_never_applied(
+    objects: list[dict[str, Any]], postgres_database: PostgresDatabase, tmp_path: Path
+) -> None:
+    pruned = prune_pod(objects, postgres_database, tmp_path / "prune").run("changelog-prune")
+    assert pruned.returncode == 1
+    assert "datastore_changelog_prune" in pruned.stderr
+    assert "changelog-prune: FAILED" in pruned.stderr
+
+
+def test_prune_cronjob_passes_every_unit_the_values_schema_accepts_to_postgresql(
+    schema_database: PostgresDatabase, tmp_path: Path
+) -> None:
+    max_age = "1 week 2 days 36 hours 90 minutes 30 seconds"
+    objects = chart.render(["values-postgresql.yaml"], [f"changelogRetention.maxAge={max_age}"])
+    pruned = prune_pod(objects, schema_database, tmp_path / "prune").run("changelog-prune")
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert f"changes older than {max_age}" in pruned.stdout
+    assert "changelog-prune: done" in pruned.stdout
