@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.cluster.chart_objects import (
+    CLIENT_LABEL,
     assert_certificates,
     assert_schema_delivery,
     assert_services_wired,
@@ -47,6 +48,23 @@ def test_certificate_chain_covers_dialled_names_and_client_users(installed: Rele
 
 def test_schema_job_mounts_every_migration(installed: Release) -> None:
     assert_schema_delivery(installed)
+
+
+def test_changelog_prune_cronjob_is_stored_with_its_schedule_and_datastore_wiring(
+    installed: Release,
+) -> None:
+    cronjob = installed.batch.read_namespaced_cron_job(
+        f"{installed.name}-changelog-prune", installed.namespace
+    )
+    assert cronjob.spec.schedule == "17 * * * *"
+    assert cronjob.spec.concurrency_policy == "Forbid"
+    pod = cronjob.spec.job_template.spec.template
+    assert pod.metadata.labels.get(CLIENT_LABEL) == "true"
+    assert [c.name for c in pod.spec.init_containers or []] == ["fix-cert-permissions"]
+    secrets = {v.secret.secret_name for v in pod.spec.volumes or [] if v.secret is not None}
+    assert secrets == {"postgresql-client-cert"}, secrets
+    env = {e.name: e.value for e in pod.spec.containers[0].env or []}
+    assert env["MAX_AGE"] == "7 days"
 
 
 def test_every_service_is_wired_to_postgresql(installed: Release) -> None:
