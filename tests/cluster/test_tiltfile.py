@@ -35,6 +35,8 @@ DATASTORE_RESOURCES = {
     "mongodb": ("nvsentinel-mongodb", "nvsentinel-mongodb-init", 27017),
     "postgresql": ("nvsentinel-postgresql", "nvsentinel-schema", 5432),
 }
+#: Scheduled maintenance each datastore gets: PostgreSQL's changelog-prune CronJob.
+MAINTENANCE_RESOURCES = {"mongodb": set(), "postgresql": {"nvsentinel-changelog-prune"}}
 INFRASTRUCTURE = {"cert-manager", "certificates", "uncategorized"}
 
 
@@ -150,7 +152,8 @@ def test_use_postgresql_selects_the_datastore_and_its_values_file(
     values = [f for f in result.config_files if f.startswith("values")]
     assert values == [f"values-tilt-{datastore}.yaml"], result.config_files
     store, setup_job, _ = DATASTORE_RESOURCES[datastore]
-    assert set(result.manifests) == INFRASTRUCTURE | set(SERVICES) | {store, setup_job}
+    expected = INFRASTRUCTURE | set(SERVICES) | {store, setup_job}
+    assert set(result.manifests) == expected | MAINTENANCE_RESOURCES[datastore]
 
 
 @pytest.mark.parametrize("datastore", ["mongodb", "postgresql"])
@@ -165,6 +168,8 @@ def test_resources_start_in_dependency_order(
     assert result.deps(setup_job) == {store}
     for service in SERVICES:
         assert result.deps(service) == {store, setup_job}, service
+    for cronjob in MAINTENANCE_RESOURCES[datastore]:
+        assert result.deps(cronjob) == {store, setup_job}, cronjob
 
 
 @pytest.mark.parametrize("datastore", ["mongodb", "postgresql"])
