@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -45,7 +46,7 @@ class Plan:
 
 
 FULL = Plan(
-    write_seconds=3,
+    write_seconds=4,
     write_rounds=3,
     write_prefill=20_000,
     write_cells=(
@@ -104,6 +105,7 @@ class WriteCell:
     clients: int
     tps: dict[bool, list[float]] = field(default_factory=lambda: {True: [], False: []})
     failed: int = 0
+    load: float = math.nan
 
     def median(self, capture: bool) -> float:
         values = self.tps[capture]
@@ -112,6 +114,15 @@ class WriteCell:
     @property
     def ratio(self) -> float:
         return self.median(True) / self.median(False)
+
+    @property
+    def round_ratios(self) -> list[float]:
+        """Capture on / off of each round (the two runs of a round are back to back)."""
+        return [on / off for on, off in zip(self.tps[True], self.tps[False], strict=True)]
+
+
+def load_1min() -> float:
+    return os.getloadavg()[0]
 
 
 def measure_writes(bs: BenchServer, plan: Plan, log: Progress) -> list[WriteCell]:
@@ -137,6 +148,7 @@ def measure_writes(bs: BenchServer, plan: Plan, log: Progress) -> list[WriteCell
                 # load does not favour one side.
                 order = (True, False) if (rnd + len(cells)) % 2 else (False, True)
                 for capture in order:
+                    bs.checkpoint()
                     result = pgbench(bs, dbs[capture], files[workload], clients, plan.write_seconds)
                     cell.tps[capture].append(result.tps)
                     cell.failed += result.failed
@@ -146,7 +158,8 @@ def measure_writes(bs: BenchServer, plan: Plan, log: Progress) -> list[WriteCell
                         f"round {rnd + 1}: {result.tps:8.0f} tx/s "
                         f"(avg latency {result.latency_ms:.2f} ms)"
                     )
-            log(f"  -> capture keeps {cell.ratio:.1%} (medians)")
+            cell.load = load_1min()
+            log(f"  -> capture keeps {cell.ratio:.1%} (medians), load average {cell.load:.2f}")
     bs.set_durable(True)
     for db in dbs.values():
         bs.server.drop_database(db)
@@ -162,6 +175,7 @@ class DrainResult:
     changes: int
     delivered: int
     seconds: float
+    load: float
 
     @property
     def rate(self) -> float:
@@ -225,7 +239,7 @@ def _drain(
                 log(f"  {label}: {delivered:,} of {expected:,}")
         seconds = time.monotonic() - started
         stream.close()
-    result = DrainResult(label, changes, delivered, seconds)
+    result = DrainResult(label, changes, delivered, seconds, load_1min())
     log(f"drain {label}: {changes:,} changes in {seconds:.2f} s = {result.rate:,.0f}/s")
     if delivered != expected:
         log(f"  WARNING: {delivered:,} events delivered, {expected:,} expected")
@@ -285,6 +299,7 @@ class LatencyResult:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    load: float
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -365,6 +380,7 @@ def _latency_at(
         p50_ms=percentile(latencies, 50),
         p99_ms=percentile(latencies, 99),
         max_ms=max(latencies) if latencies else math.nan,
+        load=load_1min(),
     )
     log(
         f"latency at {rate:,.0f}/s offered ({result.achieved:,.0f}/s written), "
@@ -420,6 +436,7 @@ class LossResult:
     stream_duplicates: int
     stream_out_of_order: int
     stream_extra: int
+    load: float
 
 
 SHARED_IDS = 200
@@ -504,6 +521,7 @@ def measure_loss(bs: BenchServer, plan: Plan, log: Progress) -> LossResult:
         stream_duplicates=sum(c - 1 for c in stream_counts.values() if c > 1),
         stream_out_of_order=int(by_kind["stream"]["out_of_order"]),
         stream_extra=len(set(stream_seen) - truth),
+        load=load_1min(),
     )
     log(
         f"lost changes of {result.changes:,} ({transactions:,} transactions): "

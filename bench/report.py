@@ -171,6 +171,11 @@ def render(r: Report) -> str:
             ("Duration", f"{r.duration_s:.0f} s"),
         ],
     )
+    out += [
+        "",
+        'The machine is shared: "Load" columns give the 1-minute load average when each '
+        "measurement ended, so that numbers taken while other work ran can be told apart.",
+    ]
     out += ["", "## Targets", ""]
     out += _table(("Measurement", "Result", "Target", "Met"), summary_rows(r))
 
@@ -178,7 +183,7 @@ def render(r: Report) -> str:
     out.append(
         f"pgbench, one statement per transaction, {p.write_seconds} s per cell, "
         f"{p.write_rounds} round(s) alternating which side goes first (median shown, every "
-        "round in the last column). `insert`: a new "
+        "round in the next column; a `CHECKPOINT` before every run). `insert`: a new "
         "health event per transaction; `mix`: half inserts, half quarantine-status updates "
         f"of one of {p.write_prefill:,} events. Capture off = the same schema in another "
         "database with the capture triggers disabled (`ALTER TABLE ... DISABLE TRIGGER`)."
@@ -197,10 +202,23 @@ def render(r: Report) -> str:
                 " / ".join(_n(v) for v in cell.tps[True])
                 + " vs "
                 + " / ".join(_n(v) for v in cell.tps[False]),
+                f"{min(cell.round_ratios):.0%}-{max(cell.round_ratios):.0%}",
+                f"{cell.load:.2f}",
             )
         )
     out += _table(
-        ("Workload", "fsync", "Clients", "With capture", "Without", "Kept", "Rounds"), rows
+        (
+            "Workload",
+            "fsync",
+            "Clients",
+            "With capture",
+            "Without",
+            "Kept",
+            "Rounds (on vs off)",
+            "Kept per round",
+            "Load",
+        ),
+        rows,
     )
     failed = sum(cell.failed for cell in r.writes)
     out += ["", f"Failed pgbench transactions: {failed:,}."]
@@ -217,9 +235,16 @@ def render(r: Report) -> str:
     )
     out.append("")
     out += _table(
-        ("Changelog", "Changes", "Events delivered", "Seconds", "Changes/s"),
+        ("Changelog", "Changes", "Events delivered", "Seconds", "Changes/s", "Load"),
         [
-            (d.label, _n(d.changes), _n(d.delivered), f"{d.seconds:.2f}", _n(d.rate))
+            (
+                d.label,
+                _n(d.changes),
+                _n(d.delivered),
+                f"{d.seconds:.2f}",
+                _n(d.rate),
+                f"{d.load:.2f}",
+            )
             for d in r.drains
         ],
     )
@@ -246,6 +271,7 @@ def render(r: Report) -> str:
             "p99 ms",
             "max ms",
             "Late sends",
+            "Load",
         ),
         [
             (
@@ -257,6 +283,7 @@ def render(r: Report) -> str:
                 f"{lat.p99_ms:.1f}",
                 f"{lat.max_ms:.1f}",
                 f"{lat.late_sends:,}",
+                f"{lat.load:.2f}",
             )
             for lat in r.latencies
         ],
@@ -294,7 +321,7 @@ def render(r: Report) -> str:
     )
     out += [
         "",
-        f"{loss.transactions:,} transactions committed.",
+        f"{loss.transactions:,} transactions committed; load average {loss.load:.2f} at the end.",
         "",
         "## Setup",
         "",

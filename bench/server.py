@@ -88,6 +88,11 @@ class BenchServer:
                 disable_capture(conn)
         return name
 
+    def checkpoint(self) -> None:
+        """Flush dirty pages now, so that a measurement does not inherit the last one's."""
+        with psycopg.connect(self.server.superuser_conninfo(), autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+
     def analyze(self, dbname: str) -> None:
         with psycopg.connect(self.server.superuser_conninfo(dbname), autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
