@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.measure import DrainResult, LatencyResult, LossResult, Plan, WriteCell
+from bench.measure import SHARED_IDS, DrainResult, LatencyResult, LossResult, Plan, WriteCell
 
 TARGET_RATIO = 0.75
 TARGET_DRAIN = 10_000.0
@@ -181,7 +181,9 @@ def render(r: Report) -> str:
 
     out += ["", "## 1. Write throughput (transactions/s)", ""]
     out.append(
-        f"pgbench, one statement per transaction, {p.write_seconds} s per cell, "
+        "pgbench (PostgreSQL's C client, so that 8 clients take little of the 2 cores and "
+        "the number is the database's), same TLS connection as the services, documents "
+        f"built by the server; one statement per transaction, {p.write_seconds} s per run, "
         f"{p.write_rounds} round(s) alternating which side goes first (median shown, every "
         "round in the next column; a `CHECKPOINT` before every run). `insert`: a new "
         "health event per transaction; `mix`: half inserts, half quarantine-status updates "
@@ -295,7 +297,7 @@ def render(r: Report) -> str:
         f"{loss.writers} writer processes for {loss.seconds:g} s; each transaction inserts "
         f"an event, holds the transaction open {loss.hold_ms[0]:g}-{loss.hold_ms[1]:g} ms "
         "and in half the transactions then updates the quarantine status of one of "
-        f"{200} shared events. Side by side: a naive poller (`id > last` on the changelog's "
+        f"{SHARED_IDS} shared events. Side by side: a naive poller (`id > last` on the changelog's "
         "BIGSERIAL, 1 ms pause when empty) and the project's stream (`watch()`, default "
         "options). Lost = changelog rows committed that the reader never returned."
     )
