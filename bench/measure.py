@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -105,7 +104,8 @@ class WriteCell:
     clients: int
     tps: dict[bool, list[float]] = field(default_factory=lambda: {True: [], False: []})
     failed: int = 0
-    load: float = math.nan
+    #: Cores other work used meanwhile (see bench.cpu).
+    other_cpu: float = math.nan
 
     def median(self, capture: bool) -> float:
         values = self.tps[capture]
@@ -119,10 +119,6 @@ class WriteCell:
     def round_ratios(self) -> list[float]:
         """Capture on / off of each round (the two runs of a round are back to back)."""
         return [on / off for on, off in zip(self.tps[True], self.tps[False], strict=True)]
-
-
-def load_1min() -> float:
-    return os.getloadavg()[0]
 
 
 def measure_writes(bs: BenchServer, plan: Plan, log: Progress) -> list[WriteCell]:
@@ -143,6 +139,7 @@ def measure_writes(bs: BenchServer, plan: Plan, log: Progress) -> list[WriteCell
                 bs.set_durable(durable)
             cell = WriteCell(workload, durable, clients)
             cells.append(cell)
+            meter = bs.cpu_meter()
             for rnd in range(plan.write_rounds):
                 # Alternate which database goes first, so drift in the machine's
                 # load does not favour one side.
@@ -158,8 +155,11 @@ def measure_writes(bs: BenchServer, plan: Plan, log: Progress) -> list[WriteCell
                         f"round {rnd + 1}: {result.tps:8.0f} tx/s "
                         f"(avg latency {result.latency_ms:.2f} ms)"
                     )
-            cell.load = load_1min()
-            log(f"  -> capture keeps {cell.ratio:.1%} (medians), load average {cell.load:.2f}")
+            cell.other_cpu = meter.others_cores()
+            log(
+                f"  -> capture keeps {cell.ratio:.1%} (medians); other work used "
+                f"{cell.other_cpu:.2f} cores"
+            )
     bs.set_durable(True)
     for db in dbs.values():
         bs.server.drop_database(db)
@@ -175,7 +175,7 @@ class DrainResult:
     changes: int
     delivered: int
     seconds: float
-    load: float
+    other_cpu: float
 
     @property
     def rate(self) -> float:
@@ -226,6 +226,7 @@ def _drain(
     log: Progress,
     pipeline: Pipeline | None = None,
 ) -> DrainResult:
+    meter = bs.cpu_meter()
     with PostgresStore(bs.conninfo(db), db) as store:
         started = time.monotonic()
         stream = store.collection("health_events").watch(pipeline, from_beginning=True)
@@ -239,7 +240,7 @@ def _drain(
                 log(f"  {label}: {delivered:,} of {expected:,}")
         seconds = time.monotonic() - started
         stream.close()
-    result = DrainResult(label, changes, delivered, seconds, load_1min())
+    result = DrainResult(label, changes, delivered, seconds, meter.others_cores())
     log(f"drain {label}: {changes:,} changes in {seconds:.2f} s = {result.rate:,.0f}/s")
     if delivered != expected:
         log(f"  WARNING: {delivered:,} events delivered, {expected:,} expected")
@@ -299,7 +300,7 @@ class LatencyResult:
     p50_ms: float
     p99_ms: float
     max_ms: float
-    load: float
+    other_cpu: float
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -329,6 +330,7 @@ def _latency_at(
     conninfo = bs.conninfo(db)
     tag = f"lat{next(_RUNS)}"
     delivered: dict[str, int] = {}
+    meter = bs.cpu_meter()
     with Workers() as group:
         stream = store.collection("health_events").watch(options=options)
         for number in range(writers_n):
@@ -380,7 +382,7 @@ def _latency_at(
         p50_ms=percentile(latencies, 50),
         p99_ms=percentile(latencies, 99),
         max_ms=max(latencies) if latencies else math.nan,
-        load=load_1min(),
+        other_cpu=meter.others_cores(),
     )
     log(
         f"latency at {rate:,.0f}/s offered ({result.achieved:,.0f}/s written), "
@@ -436,7 +438,7 @@ class LossResult:
     stream_duplicates: int
     stream_out_of_order: int
     stream_extra: int
-    load: float
+    other_cpu: float
 
 
 SHARED_IDS = 200
@@ -450,6 +452,7 @@ def measure_loss(bs: BenchServer, plan: Plan, log: Progress) -> LossResult:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute("SELECT coalesce(max(id), 0) FROM datastore_changelog").fetchone()
     start_id = int(row[0]) if row else 0
+    meter = bs.cpu_meter()
     log(
         f"lost changes: {plan.loss_writers} writers, transactions held open "
         f"{plan.loss_hold_ms[0]:g}-{plan.loss_hold_ms[1]:g} ms, for {plan.loss_seconds:g} s"
@@ -521,7 +524,7 @@ def measure_loss(bs: BenchServer, plan: Plan, log: Progress) -> LossResult:
         stream_duplicates=sum(c - 1 for c in stream_counts.values() if c > 1),
         stream_out_of_order=int(by_kind["stream"]["out_of_order"]),
         stream_extra=len(set(stream_seen) - truth),
-        load=load_1min(),
+        other_cpu=meter.others_cores(),
     )
     log(
         f"lost changes of {result.changes:,} ({transactions:,} transactions): "

@@ -173,8 +173,10 @@ def render(r: Report) -> str:
     )
     out += [
         "",
-        'The machine is shared: "Load" columns give the 1-minute load average when each '
-        "measurement ended, so that numbers taken while other work ran can be told apart.",
+        'The machine is shared. "Other CPU" columns give the cores that work other than the '
+        "benchmark (its own processes and its PostgreSQL server) used on average while that "
+        f"measurement ran, out of {m.cores}: numbers taken while other work ran are not "
+        "comparable. The load average includes the benchmark's own processes.",
     ]
     out += ["", "## Targets", ""]
     out += _table(("Measurement", "Result", "Target", "Met"), summary_rows(r))
@@ -205,7 +207,7 @@ def render(r: Report) -> str:
                 + " vs "
                 + " / ".join(_n(v) for v in cell.tps[False]),
                 f"{min(cell.round_ratios):.0%}-{max(cell.round_ratios):.0%}",
-                f"{cell.load:.2f}",
+                f"{cell.other_cpu:.2f}",
             )
         )
     out += _table(
@@ -218,7 +220,7 @@ def render(r: Report) -> str:
             "Kept",
             "Rounds (on vs off)",
             "Kept per round",
-            "Load",
+            "Other CPU",
         ),
         rows,
     )
@@ -237,7 +239,7 @@ def render(r: Report) -> str:
     )
     out.append("")
     out += _table(
-        ("Changelog", "Changes", "Events delivered", "Seconds", "Changes/s", "Load"),
+        ("Changelog", "Changes", "Events delivered", "Seconds", "Changes/s", "Other CPU"),
         [
             (
                 d.label,
@@ -245,7 +247,7 @@ def render(r: Report) -> str:
                 _n(d.delivered),
                 f"{d.seconds:.2f}",
                 _n(d.rate),
-                f"{d.load:.2f}",
+                f"{d.other_cpu:.2f}",
             )
             for d in r.drains
         ],
@@ -273,7 +275,7 @@ def render(r: Report) -> str:
             "p99 ms",
             "max ms",
             "Late sends",
-            "Load",
+            "Other CPU",
         ),
         [
             (
@@ -285,7 +287,7 @@ def render(r: Report) -> str:
                 f"{lat.p99_ms:.1f}",
                 f"{lat.max_ms:.1f}",
                 f"{lat.late_sends:,}",
-                f"{lat.load:.2f}",
+                f"{lat.other_cpu:.2f}",
             )
             for lat in r.latencies
         ],
@@ -323,7 +325,8 @@ def render(r: Report) -> str:
     )
     out += [
         "",
-        f"{loss.transactions:,} transactions committed; load average {loss.load:.2f} at the end.",
+        f"{loss.transactions:,} transactions committed; other work used "
+        f"{loss.other_cpu:.2f} cores meanwhile.",
         "",
         "## Setup",
         "",

@@ -29,6 +29,7 @@ from tests.fixtures.postgres import (
     start_server,
 )
 
+from bench.cpu import CpuMeter, postmaster_pid
 from nvsentinel_store import migrations
 
 #: The capture triggers are the ones whose function is one of these (migration 0002).
@@ -87,6 +88,10 @@ class BenchServer:
             if not capture:
                 disable_capture(conn)
         return name
+
+    def cpu_meter(self) -> CpuMeter:
+        """A started meter of the CPU that work other than this benchmark takes."""
+        return CpuMeter(postmaster_pid(self.server.data_dir)).start()
 
     def checkpoint(self) -> None:
         """Flush dirty pages now, so that a measurement does not inherit the last one's."""
