@@ -17,7 +17,7 @@ HELM_VERSION="v4.3.1"
 HELM3_VERSION="v3.22.0"
 KIND_VERSION="v0.30.0"
 
-ALL_TOOLS=(helm helm3 kube-apiserver kube-controller-manager kubectl etcd kind tilt)
+ALL_TOOLS=(helm helm3 kube-apiserver kube-controller-manager kubectl kube-scheduler kube-proxy kubelet etcd kind tilt)
 
 usage() {
 	cat <<EOF
@@ -33,6 +33,9 @@ Tools:
   kube-apiserver           k8s.io/kubernetes $(wrapper_version kubernetes k8s.io/kubernetes) (hack/tools/kubernetes)
   kube-controller-manager  same module
   kubectl                  same module
+  kube-scheduler           same module
+  kube-proxy               same module
+  kubelet                  same module
   etcd                     go.etcd.io/etcd/server/v3 $(wrapper_version etcd go.etcd.io/etcd/server/v3) (hack/tools/etcd)
   kind                     sigs.k8s.io/kind ${KIND_VERSION}
   tilt                     github.com/tilt-dev/tilt $(wrapper_version tilt github.com/tilt-dev/tilt) (hack/tools/tilt)
@@ -68,7 +71,7 @@ tool_version() {
 	case "$1" in
 		helm) echo "${HELM_VERSION}" ;;
 		helm3) echo "${HELM3_VERSION}" ;;
-		kube-apiserver | kube-controller-manager | kubectl) wrapper_version kubernetes k8s.io/kubernetes ;;
+		kube-apiserver | kube-controller-manager | kubectl | kube-scheduler | kube-proxy | kubelet) wrapper_version kubernetes k8s.io/kubernetes ;;
 		etcd) wrapper_version etcd go.etcd.io/etcd/server/v3 ;;
 		kind) echo "${KIND_VERSION}" ;;
 		tilt) wrapper_version tilt github.com/tilt-dev/tilt ;;
@@ -206,7 +209,7 @@ build_into_cache() {
 	case "${tool}" in
 		helm) build_helm "${tmp}" "${version}" ;;
 		helm3) build_helm3 "${tmp}" "${version}" ;;
-		kube-apiserver | kube-controller-manager | kubectl) build_kubernetes_command "${tool}" "${tmp}" "${version}" ;;
+		kube-apiserver | kube-controller-manager | kubectl | kube-scheduler | kube-proxy | kubelet) build_kubernetes_command "${tool}" "${tmp}" "${version}" ;;
 		etcd) build_etcd "${tmp}" "${version}" ;;
 		kind) build_kind "${tmp}" "${version}" ;;
 		tilt) build_tilt "${tmp}" "${version}" ;;
