@@ -105,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "health", help="check connectivity, TLS, schema, triggers, changelog and consumers"
     )
-    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as one JSON object (shape: docs/metrics-and-health.md)",
+    )
     check.add_argument("--migrations-dir", type=Path, default=None, help=argparse.SUPPRESS)
 
     watch = sub.add_parser(
@@ -223,23 +227,14 @@ def cmd_health(args: argparse.Namespace, settings: Settings, out: TextIO, err: T
         conn = _connect(settings)
     except StoreUnavailableError as error:
         if args.json:
-            print(json.dumps({"healthy": False, "error": str(error)}), file=out)
+            print(json.dumps(health.unreachable(str(error)).as_dict()), file=out)
         raise
     with conn:
         report = health.check(conn, settings.sslmode, args.migrations_dir)
     if args.json:
         print(json.dumps(report.as_dict(), default=_json_default), file=out)
     else:
-        for item in report.checks:
-            print(f"{'ok  ' if item.ok else 'FAIL'} {item.name}: {item.detail}", file=out)
-        for lag in report.consumers:
-            state = "expired" if lag.expired else "live"
-            print(
-                f"     consumer {lag.client_name} ({lag.client_owner}) on {lag.collection}: "
-                f"{lag.pending_changes} pending, {state}, last stored {lag.updated_at.isoformat()}",
-                file=out,
-            )
-        print("healthy" if report.healthy else "UNHEALTHY", file=out)
+        out.write(health.render_table(report))
     return EXIT_OK if report.healthy else EXIT_UNHEALTHY
 
 

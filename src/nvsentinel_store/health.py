@@ -4,6 +4,18 @@ The checks run on one connection made with the application's settings:
 TLS in use, schema version against the migration files, the extraction and
 capture triggers present and enabled, the changelog's size and age, and each
 change-stream consumer's lag.
+
+Two renderings of a :class:`HealthReport`: :func:`render_table` for people
+(aligned columns check / status / detail, then one row per consumer) and
+:meth:`HealthReport.as_dict` for scripts (``--json``). The JSON shape is
+stable (documented in docs/metrics-and-health.md; fields are only ever added)::
+
+    {"healthy": bool,
+     "checks": [{"name": str, "ok": bool, "detail": str}, ...],
+     "changelog_rows": int | null,
+     "consumers": [{"client_owner": str, "client_name": str, "collection": str,
+                    "updated_at": ISO 8601, "expired": bool, "pending_changes": int,
+                    "oldest_pending_at": ISO 8601 | null, "lag_seconds": float}, ...]}
 """
 
 from __future__ import annotations
@@ -50,6 +62,8 @@ class ConsumerLag:
     expired: bool
     pending_changes: int
     oldest_pending_at: datetime | None
+    #: Age of the oldest change the consumer has not passed (0 when none is pending).
+    lag_seconds: float = 0.0
 
 
 @dataclass
@@ -81,6 +95,7 @@ class HealthReport:
                     "oldest_pending_at": c.oldest_pending_at.isoformat()
                     if c.oldest_pending_at
                     else None,
+                    "lag_seconds": round(c.lag_seconds, 3),
                 }
                 for c in self.consumers
             ],
@@ -188,16 +203,62 @@ def check(
             report.add("delivery", True, "no committed change waits for an older transaction")
         for lag in conn.execute(
             "SELECT client_owner, client_name, collection, updated_at, expired, "
-            "pending_changes, oldest_pending_at FROM datastore_consumer_lag()"
+            "pending_changes, oldest_pending_at, "
+            "coalesce(extract(epoch FROM now() - oldest_pending_at), 0)::float8 "
+            "FROM datastore_consumer_lag()"
         ).fetchall():
             report.consumers.append(
                 ConsumerLag(
-                    str(lag[0]), str(lag[1]), str(lag[2]), lag[3], bool(lag[4]), int(lag[5]), lag[6]
+                    str(lag[0]),
+                    str(lag[1]),
+                    str(lag[2]),
+                    lag[3],
+                    bool(lag[4]),
+                    int(lag[5]),
+                    lag[6],
+                    max(0.0, float(lag[7])),
                 )
             )
     except psycopg.Error as err:
         report.add("changelog", False, f"cannot read: {str(err).strip().splitlines()[0]}")
     return report
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as left-aligned columns two spaces apart (the last column unpadded)."""
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    return [
+        "  ".join([*(cell.ljust(w) for cell, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
+        for r in (header, *rows)
+    ]
+
+
+def render_table(report: HealthReport) -> str:
+    """The report for people: a table of checks, a table of consumers, then the verdict."""
+    lines = _table(
+        ("CHECK", "STATUS", "DETAIL"),
+        [(c.name, "ok" if c.ok else "FAIL", c.detail) for c in report.checks],
+    )
+    if report.consumers:
+        lines.append("")
+        lines += _table(
+            ("CONSUMER", "OWNER", "COLLECTION", "PENDING", "LAG", "STATE", "LAST STORED"),
+            [
+                (
+                    c.client_name,
+                    c.client_owner,
+                    c.collection,
+                    str(c.pending_changes),
+                    f"{c.lag_seconds:.1f}s",
+                    "expired" if c.expired else "live",
+                    c.updated_at.isoformat(timespec="seconds"),
+                )
+                for c in report.consumers
+            ],
+        )
+    lines.append("")
+    lines.append("healthy" if report.healthy else "UNHEALTHY")
+    return "\n".join(lines) + "\n"
 
 
 def _schema_without_files(conn: psycopg.Connection[Any], report: HealthReport, why: str) -> None:
@@ -211,3 +272,10 @@ def _schema_without_files(conn: psycopg.Connection[Any], report: HealthReport, w
         report.add("schema", False, "no migration applied")
     else:
         report.add("schema", True, f"version {row[0]} (not compared with files: {why})")
+
+
+def unreachable(reason: str) -> HealthReport:
+    """The report when no connection could be made (same JSON shape, one failed check)."""
+    report = HealthReport(changelog_rows=0)
+    report.add("connection", False, reason)
+    return report

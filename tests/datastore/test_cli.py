@@ -52,6 +52,20 @@ def run_cli(
     )
 
 
+def health_table(stdout: str) -> dict[str, tuple[str, str]]:
+    """The check table of ``health``: name -> (status, detail), columns split on 2+ spaces."""
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["CHECK", "STATUS", "DETAIL"], stdout
+    detail_at = lines[0].index("DETAIL")
+    status_at = lines[0].index("STATUS")
+    rows: dict[str, tuple[str, str]] = {}
+    for line in lines[1:]:
+        if not line.strip():
+            break
+        rows[line[:status_at].strip()] = (line[status_at:detail_at].strip(), line[detail_at:])
+    return rows
+
+
 def ids_of(lines: list[str]) -> list[str]:
     return [json.loads(line)["documentKey"]["_id"] for line in lines if line.strip()]
 
@@ -197,6 +211,38 @@ def test_health_reports_a_healthy_datastore(
     assert [(c["client_name"], c["pending_changes"]) for c in report["consumers"]] == [
         ("fault-quarantine", 1)
     ]
+    assert report["consumers"][0]["lag_seconds"] >= 0
+
+
+def test_health_prints_an_aligned_table_for_people(
+    schema_database: PostgresDatabase, store: PostgresStore
+) -> None:
+    stream = store.collection("health_events").watch(client_name="fault-quarantine")
+    stream.save_token()
+    store.collection("health_events").insert_one({"healthevent": {"nodename": "n"}})
+    result = run_cli(schema_database, "health")
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = health_table(result.stdout)
+    assert list(checks) == ["connection", "tls", "schema", "triggers", "changelog", "delivery"]
+    assert all(status == "ok" for status, _ in checks.values())
+    assert checks["triggers"][1] == "8 present and enabled"
+    blocks = result.stdout.split("\n\n")
+    consumers = blocks[1].splitlines()
+    assert consumers[0].split() == [
+        "CONSUMER",
+        "OWNER",
+        "COLLECTION",
+        "PENDING",
+        "LAG",
+        "STATE",
+        "LAST",
+        "STORED",
+    ]
+    assert consumers[1].split()[:4] == ["fault-quarantine", "nvsentinel", "health_events", "1"]
+    # Aligned: every row of a table starts its columns at the header's offsets.
+    pending_at = consumers[0].index("PENDING")
+    assert consumers[1][pending_at:].startswith("1 ")
+    assert result.stdout.rstrip().endswith("healthy")
 
 
 def test_health_fails_when_a_trigger_is_missing(
@@ -206,13 +252,20 @@ def test_health_fails_when_a_trigger_is_missing(
         conn.execute("DROP TRIGGER health_events_capture_update ON health_events")
     result = run_cli(schema_database, "health")
     assert result.returncode == cli.EXIT_UNHEALTHY
-    assert "FAIL triggers: missing: health_events.health_events_capture_update" in result.stdout
+    checks = health_table(result.stdout)
+    assert checks["triggers"] == ("FAIL", "missing: health_events.health_events_capture_update")
+    assert result.stdout.rstrip().endswith("UNHEALTHY")
 
 
 def test_health_fails_before_the_schema_is_applied(postgres_database: PostgresDatabase) -> None:
     result = run_cli(postgres_database, "health")
     assert result.returncode == cli.EXIT_UNHEALTHY
-    assert "FAIL schema" in result.stdout
+    assert health_table(result.stdout)["schema"][0] == "FAIL"
+    as_json = run_cli(postgres_database, "health", "--json")
+    assert as_json.returncode == cli.EXIT_UNHEALTHY
+    report = json.loads(as_json.stdout)
+    assert report["healthy"] is False
+    assert {c["name"]: c["ok"] for c in report["checks"]}["schema"] is False
 
 
 def test_unreachable_datastore_is_one_line_and_exit_4(postgres_database: PostgresDatabase) -> None:
@@ -229,6 +282,19 @@ def test_unreachable_datastore_is_one_line_and_exit_4(postgres_database: Postgre
     assert result.returncode == cli.EXIT_UNAVAILABLE
     assert len(result.stderr.strip().splitlines()) == 1
     assert "cannot connect to localhost:1" in result.stderr
+    as_json = subprocess.run(
+        [sys.executable, "-m", "nvsentinel_store.cli", "health", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert as_json.returncode == cli.EXIT_UNAVAILABLE
+    report = json.loads(as_json.stdout)
+    assert report["healthy"] is False
+    assert report["checks"][0]["name"] == "connection" and not report["checks"][0]["ok"]
+    assert report["consumers"] == []
 
 
 def test_bad_configuration_is_one_line_and_exit_2(postgres_database: PostgresDatabase) -> None:
@@ -262,4 +328,6 @@ def test_health_without_migration_files_reports_the_recorded_version(
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "ok   schema: version 3 (not compared with files" in result.stdout
+    status, detail = health_table(result.stdout)["schema"]
+    assert status == "ok"
+    assert detail.startswith("version 3 (not compared with files")
