@@ -26,7 +26,7 @@ from typing import Any, Final, TextIO
 
 import psycopg
 
-from nvsentinel_store import health, migrations
+from nvsentinel_store import health, migrate_cli, migrations
 from nvsentinel_store.config import Settings, postgres_conninfo
 from nvsentinel_store.errors import (
     ConfigError,
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=WatchOptions.poll_interval,
         help="longest pause between polls when idle (seconds)",
     )
+
+    migrate_cli.add_parser(sub)
 
     prune = sub.add_parser(
         "prune",
@@ -333,6 +335,7 @@ _COMMANDS: Final = {
     "health": cmd_health,
     "watch": cmd_watch,
     "prune": cmd_prune,
+    "migrate": migrate_cli.run,
 }
 
 

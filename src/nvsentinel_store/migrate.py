@@ -1,0 +1,1019 @@
+"""MongoDB to PostgreSQL: import ``health_events`` and ``maintenance_events`` documents.
+
+Sources: files written by ``mongoexport`` (extended JSON, one document per
+line, canonical or relaxed; ``.gz`` files are read too), or a live MongoDB
+through pymongo. Target: the PostgreSQL event tables, in bulk: each batch is
+copied (``COPY``) into a temporary staging table and moved with
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, so the documents keep their
+``_id`` and a second run adds nothing.
+
+Conversion to the JSON the PostgreSQL store keeps (extended JSON is parsed
+with :mod:`bson.json_util`):
+
+- ObjectId: its 24-digit hex string; UUID (``$uuid``, binary subtype 4): the
+  UUID string; other binary: base64 text.
+- Dates: RFC 3339 in UTC with microseconds (``2026-01-02T03:04:05.123000Z``),
+  exactly what :func:`nvsentinel_store.query.encode_datetime` writes for the
+  Python store, and what the schema's trigger reads into timestamp columns.
+- ``$numberLong`` / ``$numberInt``: JSON integers; ``$numberDouble``: a JSON
+  number (NaN and infinities cannot be stored in JSON: the document is
+  rejected); ``$numberDecimal``: a JSON number when it is an integer or a
+  double without loss, else its decimal text.
+- ``$timestamp``: ``{"t": seconds, "i": increment}``.
+- Other BSON types (regular expressions, code, DBRef, min/max key): the
+  document is rejected with the path of the value.
+
+Checks: every document must be an object with an ``_id``; a health event needs
+``healthevent.nodename`` (or ``healthEvent``/``nodeName``), a maintenance event
+``eventId`` (a maintenance event without ``_id`` takes its ``eventId``, as
+:meth:`~nvsentinel_store.providers.postgresql.PostgresCollection.insert_one`
+does). A document that fails (unparseable line, missing field, a value
+PostgreSQL refuses) is a :class:`Reject` with its ``file:line`` or id; the rest
+of the batch still goes in.
+
+Change events: by default the import does NOT produce change events. Imported
+documents are history, and consumers that watch ``health_events`` (quarantine,
+drain, remediation) must not act on them as if they had just happened. Each
+batch runs in one transaction that disables the table's insert capture trigger
+(``ALTER TABLE ... DISABLE TRIGGER <table>_capture_insert``), inserts, and
+enables it again. The trigger's state is transactional and the statement holds
+a SHARE ROW EXCLUSIVE lock until commit, so concurrent writers of the table
+wait for the batch (well under a second) and are captured as usual; no writer
+ever sees the trigger disabled, and a failed batch rolls the change back. This
+needs the tables' owner (``nvsentinel_migrator``). With
+``MigrateOptions.capture_changes`` the triggers stay on (any role with INSERT
+will do) and every imported document becomes an ``insert`` change.
+
+This module never prints: it reports through the ``on_progress`` and
+``on_reject`` callbacks and returns a :class:`MigrationReport`.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any, Final
+
+import psycopg
+from bson import json_util
+from bson.binary import Binary, UuidRepresentation
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.datetime_ms import DatetimeMS
+from bson.decimal128 import Decimal128
+from bson.json_util import JSONOptions
+from bson.objectid import ObjectId
+from bson.timestamp import Timestamp
+from psycopg import sql
+from psycopg.rows import TupleRow
+
+from nvsentinel_store.errors import ConfigError, StoreUnavailableError
+from nvsentinel_store.query import encode_datetime, json_equal
+from nvsentinel_store.store import COLLECTIONS
+
+Conn = psycopg.Connection[TupleRow]
+
+DEFAULT_BATCH_SIZE: Final = 5000
+DEFAULT_SAMPLE_SIZE: Final = 100
+#: File name endings read from a directory.
+FILE_SUFFIXES: Final = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
+#: The insert capture trigger of each event table (migration 0002).
+CAPTURE_INSERT_TRIGGER: Final = {name: f"{name}_capture_insert" for name in COLLECTIONS}
+
+#: Extended JSON as mongoexport writes it; datetimes in UTC, UUIDs as uuid.UUID,
+#: dates beyond Python's range kept as DatetimeMS (and then rejected).
+JSON_OPTIONS: Final = JSONOptions(
+    tz_aware=True,
+    tzinfo=UTC,
+    uuid_representation=UuidRepresentation.STANDARD,
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+)
+#: The same decoding for documents read live from MongoDB.
+CODEC_OPTIONS: Final[CodecOptions[dict[str, Any]]] = CodecOptions(
+    document_class=dict,
+    tz_aware=True,
+    tzinfo=UTC,
+    uuid_representation=UuidRepresentation.STANDARD,
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+)
+
+ProgressCallback = Callable[["Progress"], None]
+RejectCallback = Callable[["Reject"], None]
+
+
+class InvalidDocument(ValueError):
+    """A document that cannot be imported; the message says why (and where in it)."""
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A document that was not imported: where it came from, why, and its text as read."""
+
+    collection: str
+    where: str
+    reason: str
+    raw: str
+    id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection,
+            "where": self.where,
+            "id": self.id,
+            "reason": self.reason,
+            "raw": self.raw,
+        }
+
+
+@dataclass
+class CollectionSummary:
+    """Counts of one collection: documents read, imported, already present, rejected."""
+
+    collection: str
+    read: int = 0
+    imported: int = 0
+    already_present: int = 0
+    rejected: int = 0
+    #: Documents the target table holds after the run (``None`` if not counted).
+    target_count: int | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report after each batch (``done`` once a collection is finished)."""
+
+    collection: str
+    source: str
+    read: int
+    imported: int
+    already_present: int
+    rejected: int
+    elapsed: float
+    done: bool = False
+
+    @property
+    def rate(self) -> float:
+        """Documents read per second so far."""
+        return self.read / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A sampled document whose stored copy differs: its id and the differing paths."""
+
+    id: str
+    differences: tuple[str, ...]
+
+
+@dataclass
+class VerifyResult:
+    """``--verify`` of one collection: counts on both sides and a sample compared.
+
+    ``source_count`` is what the source holds now: the documents in the files,
+    or MongoDB's count when verifying (more than ``read`` means documents were
+    written to MongoDB after they were read). ``expected`` is the number of
+    distinct ids that passed the checks; ``found`` how many of them the target
+    holds; ``target_count`` everything the target holds (it may be more:
+    events the services wrote since the switch). ``mismatches`` are sampled
+    documents whose stored copy differs field by field.
+    """
+
+    collection: str
+    source_count: int
+    read: int
+    rejected: int
+    expected: int
+    found: int
+    target_count: int
+    sampled: int
+    missing_ids: list[str] = field(default_factory=list)
+    mismatches: list[Mismatch] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.found == self.expected and not self.mismatches and self.source_count == self.read
+        )
+
+
+@dataclass
+class MigrationReport:
+    """What a run did, per collection; ``verify`` is filled when verification ran."""
+
+    dry_run: bool
+    capture_changes: bool
+    summaries: dict[str, CollectionSummary]
+    verify: dict[str, VerifyResult] | None = None
+    elapsed: float = 0.0
+
+    @property
+    def rejected(self) -> int:
+        return sum(s.rejected for s in self.summaries.values())
+
+    @property
+    def verified(self) -> bool | None:
+        """``None`` when verification did not run."""
+        if self.verify is None:
+            return None
+        return all(v.ok for v in self.verify.values())
+
+    @property
+    def read(self) -> int:
+        return sum(s.read for s in self.summaries.values())
+
+
+@dataclass(frozen=True)
+class MigrateOptions:
+    """How to import; the defaults suit an operator's one-off migration."""
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    dry_run: bool = False
+    #: Let the import produce change events (see the module docstring).
+    capture_changes: bool = False
+    verify: bool = False
+    #: Documents per collection compared field by field by ``verify``.
+    sample_size: int = DEFAULT_SAMPLE_SIZE
+    #: Seconds between progress reports (besides one per batch of ``batch_size``).
+    progress_interval: float = 0.5
+
+
+# -- conversion ------------------------------------------------------------------------
+
+
+def to_store_json(value: Any, path: str = "") -> Any:
+    """A value decoded from BSON or extended JSON, as the PostgreSQL store keeps it."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):  # also Int64
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidDocument(f"{path or 'document'}: {value!r} cannot be stored in JSON")
+        return value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out[str(key)] = to_store_json(item, f"{path}.{key}" if path else str(key))
+        return out
+    if isinstance(value, list | tuple):
+        return [to_store_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, datetime):
+        return encode_datetime(value)
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Binary) and value.subtype == 4 and len(value) == 16:
+        return str(uuid.UUID(bytes=bytes(value)))
+    if isinstance(value, bytes):  # Binary is a bytes subclass
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Decimal128):
+        return _decimal(value.to_decimal(), path)
+    if isinstance(value, Timestamp):
+        return {"t": value.time, "i": value.inc}
+    if isinstance(value, DatetimeMS):
+        raise InvalidDocument(
+            f"{path}: date {int(value)} ms since 1970 is outside the years 1-9999"
+        )
+    raise InvalidDocument(
+        f"{path or 'document'}: BSON type {type(value).__name__} is not supported"
+    )
+
+
+def _decimal(number: Decimal, path: str) -> Any:
+    if not number.is_finite():
+        raise InvalidDocument(f"{path}: decimal {number} cannot be stored in JSON")
+    exponent = number.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= 0:
+        return int(number)
+    as_float = float(number)
+    if Decimal(repr(as_float)) == number:
+        return as_float
+    return str(number)
+
+
+def _pairs_hook(pairs: list[tuple[str, Any]]) -> Any:
+    """json.loads hook: extended JSON objects through bson.json_util, converted at once."""
+    for key, _ in pairs:
+        if key.startswith("$"):
+            decoded = json_util.object_pairs_hook(pairs, JSON_OPTIONS)
+            if isinstance(decoded, dict):
+                return decoded  # not an extended JSON type: an ordinary object
+            try:
+                return to_store_json(decoded, key)
+            except InvalidDocument as err:
+                raise InvalidDocument(f"extended JSON {key}: {err}") from err
+    return dict(pairs)
+
+
+def parse_line(text: str) -> dict[str, Any]:
+    """One line of mongoexport output as the store's JSON document (unchecked)."""
+    try:
+        value = json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_no_constant)
+    except InvalidDocument:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError) as err:
+        stripped = text.strip()
+        if stripped in ("[", "]") or stripped.startswith("[{"):
+            raise InvalidDocument(
+                "not one document per line (exported with --jsonArray? export without it)"
+            ) from err
+        raise InvalidDocument(f"not valid extended JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise InvalidDocument(f"a document must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidDocument(f"{name} cannot be stored in JSON")
+
+
+def _non_empty_string(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def check_document(collection: str, doc: dict[str, Any]) -> str:
+    """Check the fields a collection needs; returns the document's id (text), may set ``_id``."""
+    if collection == "maintenance_events":
+        event_id = doc.get("eventId", doc.get("eventid"))
+        if not _non_empty_string(event_id):
+            raise InvalidDocument("missing required field eventId (a non-empty string)")
+        if doc.get("_id") is None:
+            doc["_id"] = event_id
+    else:
+        he = doc.get("healthevent", doc.get("healthEvent"))
+        if not isinstance(he, dict):
+            raise InvalidDocument("missing required field healthevent (an object)")
+        node = he.get("nodename", he.get("nodeName"))
+        if not _non_empty_string(node):
+            raise InvalidDocument(
+                "missing required field healthevent.nodename (a non-empty string)"
+            )
+    doc_id = doc.get("_id")
+    if doc_id is None:
+        raise InvalidDocument(
+            "missing _id: without it a second run could not recognise the document"
+        )
+    if isinstance(doc_id, bool) or not isinstance(doc_id, str | int) or doc_id == "":
+        raise InvalidDocument(f"_id must be a string, ObjectId, UUID or integer, got {doc_id!r}")
+    return str(doc_id)
+
+
+def _dump(doc: dict[str, Any]) -> str:
+    text = json.dumps(doc, separators=(",", ":"))
+    if "\\u0000" in text and _has_nul(doc):
+        raise InvalidDocument("a string holds a NUL character, which PostgreSQL cannot store")
+    return text
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+# -- sources ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    """One document read from a source: where it came from, its text, and its parse.
+
+    ``document`` is ``None`` when ``error`` says why it could not be read.
+    """
+
+    where: str
+    raw: str
+    document: dict[str, Any] | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """The documents of one collection from one place (a file, a MongoDB collection)."""
+
+    collection: str
+    name: str
+    records: Callable[[], Iterator[Record]]
+    #: The number of documents the source holds now (live MongoDB), for verify.
+    count: Callable[[], int] | None = None
+
+
+def collection_for_file(path: Path) -> str | None:
+    """The collection a file name names: ``health_events*.json`` -> ``health_events``.
+
+    The name (lower-cased, ``-`` read as ``_``) must start with a collection name.
+    """
+    name = path.name.lower().replace("-", "_")
+    for collection in sorted(COLLECTIONS, key=len, reverse=True):
+        if name.startswith(collection):
+            return collection
+    return None
+
+
+def file_sources(paths: Sequence[Path], collections: Sequence[str]) -> list[Source]:
+    """Sources for files and directories, by the file name rule of :func:`collection_for_file`.
+
+    A directory contributes its files ending in :data:`FILE_SUFFIXES` whose
+    name maps to one of ``collections``; others are ignored. A file given by
+    name must map to one of ``collections``, or, when exactly one collection
+    is selected, it is read as that collection.
+    """
+    sources: list[Source] = []
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.iterdir()):
+                if not child.is_file() or not child.name.lower().endswith(FILE_SUFFIXES):
+                    continue
+                named = collection_for_file(child)
+                if named is not None and named in collections:
+                    sources.append(_file_source(child, named))
+        elif path.is_file():
+            collection = collection_for_file(path)
+            if collection is None and len(collections) == 1:
+                collection = collections[0]
+            if collection is None:
+                raise ConfigError(
+                    f"{path}: the file name names no collection (it must start with "
+                    f"{' or '.join(COLLECTIONS)}); rename it or pass --collection"
+                )
+            if collection not in collections:
+                raise ConfigError(
+                    f"{path} holds {collection}, which is not selected "
+                    f"(--collection {' '.join(collections)})"
+                )
+            sources.append(_file_source(path, collection))
+        else:
+            raise ConfigError(f"{path} does not exist")
+    if not sources:
+        names = ", ".join(str(p) for p in paths)
+        raise ConfigError(
+            f"no export files for {', '.join(collections)} in {names} (expected names like "
+            "health_events.json, maintenance_events.json)"
+        )
+    return sources
+
+
+def _file_source(path: Path, collection: str) -> Source:
+    return Source(collection, str(path), lambda: read_file(path))
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    if path.name.lower().endswith(".gz"):
+        return gzip.GzipFile(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
+
+
+def read_file(path: Path) -> Iterator[Record]:
+    """The documents of one mongoexport file, one per line (blank lines skipped)."""
+    with _open_binary(path) as stream:
+        for number, data in enumerate(stream, start=1):
+            where = f"{path}:{number}"
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raw = data.decode("utf-8", errors="replace").rstrip("\r\n")
+                yield Record(where, raw, None, f"not UTF-8: {err}")
+                continue
+            text = text.rstrip("\r\n")
+            if not text.strip():
+                continue
+            try:
+                yield Record(where, text, parse_line(text))
+            except InvalidDocument as err:
+                yield Record(where, text, None, str(err))
+
+
+def mongodb_sources(database: Any, collections: Sequence[str], batch_size: int) -> list[Source]:
+    """Sources reading ``collections`` of a pymongo ``Database`` (in ``_id`` order)."""
+    sources = []
+    for name in collections:
+        coll = database.get_collection(name, codec_options=CODEC_OPTIONS)
+        sources.append(
+            Source(
+                name,
+                f"mongodb {database.name}.{name}",
+                _mongo_reader(coll, batch_size),
+                count=_mongo_counter(coll),
+            )
+        )
+    return sources
+
+
+def _mongo_reader(coll: Any, batch_size: int) -> Callable[[], Iterator[Record]]:
+    def records() -> Iterator[Record]:
+        for raw_doc in coll.find({}, batch_size=batch_size).sort("_id", 1):
+            raw_id = raw_doc.get("_id")
+            where = f"{coll.name} _id {_id_text(raw_id)}"
+            raw = json_util.dumps(raw_doc, json_options=json_util.CANONICAL_JSON_OPTIONS)
+            try:
+                doc = to_store_json(raw_doc)
+            except InvalidDocument as err:
+                yield Record(where, raw, None, str(err))
+                continue
+            yield Record(where, raw, doc)
+
+    return records
+
+
+def _mongo_counter(coll: Any) -> Callable[[], int]:
+    def count() -> int:
+        return int(coll.count_documents({}))
+
+    return count
+
+
+def _id_text(value: Any) -> str:
+    try:
+        converted = to_store_json(value)
+    except InvalidDocument:
+        return repr(value)
+    return str(converted)
+
+
+# -- target ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """A document checked and ready: where it came from, its id, text and parse."""
+
+    where: str
+    raw: str
+    id: str
+    text: str
+    document: dict[str, Any]
+
+
+class _Sampler:
+    """A uniform sample of up to ``size`` documents (reservoir sampling)."""
+
+    def __init__(self, size: int, seed: int | None = None) -> None:
+        self.size = size
+        self.seen = 0
+        self.items: list[tuple[str, dict[str, Any]]] = []
+        self._rng = random.Random(seed)
+
+    def offer(self, doc_id: str, document: dict[str, Any]) -> None:
+        self.seen += 1
+        if len(self.items) < self.size:
+            self.items.append((doc_id, document))
+            return
+        slot = self._rng.randrange(self.seen)
+        if slot < self.size:
+            self.items[slot] = (doc_id, document)
+
+
+def check_target(conn: Conn, collections: Sequence[str], *, need_owner: bool) -> None:
+    """Fail early, naming the fix, when the tables are missing or not owned as needed."""
+    for name in collections:
+        row = conn.execute(
+            "SELECT c.oid IS NOT NULL, pg_has_role(c.relowner, 'USAGE'), "
+            "pg_get_userbyid(c.relowner)::text, has_table_privilege(c.oid, 'INSERT') "
+            "FROM (SELECT to_regclass(%s) AS oid) AS r LEFT JOIN pg_class AS c ON c.oid = r.oid",
+            (f"public.{name}",),
+        ).fetchone()
+        if row is None or not row[0]:
+            raise ConfigError(
+                f"table {name} does not exist in the target database: apply the schema first "
+                "(nvsentinel-store schema apply, or the chart's schema Job)"
+            )
+        if need_owner and not row[1]:
+            raise ConfigError(
+                f"importing without change events disables {name}'s capture trigger for each "
+                f"batch, which only the table's owner ({row[2]}) may do; connect as {row[2]} "
+                "(DATASTORE_USERNAME and its client certificate, postgresql-migration-cert), or "
+                "pass --capture-changes to import as the application and let consumers receive "
+                "every imported document as a new insert"
+            )
+        if not row[3]:
+            raise ConfigError(f"the target user may not INSERT into {name}")
+    conn.commit()
+
+
+class _Importer:
+    """Moves checked documents of one collection into its table, batch by batch."""
+
+    def __init__(self, conn: Conn, collection: str, options: MigrateOptions) -> None:
+        self.conn = conn
+        self.collection = collection
+        self.options = options
+        self.table = sql.Identifier(collection)
+        self.trigger = sql.Identifier(CAPTURE_INSERT_TRIGGER[collection])
+        self._staging_ready = False
+
+    def _staging(self) -> None:
+        if self._staging_ready:
+            return
+        self.conn.execute(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS nvsentinel_migrate_staging "
+            "(seq integer NOT NULL, document jsonb NOT NULL) ON COMMIT DELETE ROWS"
+        )
+        self.conn.commit()
+        self._staging_ready = True
+
+    def write(self, batch: list[_Pending]) -> tuple[set[str], list[tuple[_Pending, str]]]:
+        """Insert ``batch``; returns the ids inserted and the (document, reason) refused."""
+        if self.options.dry_run:
+            return set(), []
+        self._staging()
+        try:
+            with self.conn.transaction():
+                self._capture(False)
+                with self.conn.cursor() as cur:
+                    with cur.copy(
+                        "COPY nvsentinel_migrate_staging (seq, document) FROM STDIN"
+                    ) as copy:
+                        for seq, pending in enumerate(batch):
+                            copy.write_row((seq, pending.text))
+                    cur.execute(
+                        sql.SQL(
+                            "INSERT INTO {} (document) SELECT document "
+                            "FROM nvsentinel_migrate_staging ORDER BY seq "
+                            "ON CONFLICT DO NOTHING RETURNING id"
+                        ).format(self.table)
+                    )
+                    inserted = {str(r[0]) for r in cur.fetchall()}
+                self._capture(True)
+            return inserted, []
+        except psycopg.OperationalError:
+            raise
+        except psycopg.DatabaseError:
+            # One document the database refuses (e.g. a date out of range) must
+            # not cost the others: insert one by one, each in a savepoint.
+            return self._write_one_by_one(batch)
+
+    def _write_one_by_one(
+        self, batch: list[_Pending]
+    ) -> tuple[set[str], list[tuple[_Pending, str]]]:
+        inserted: set[str] = set()
+        refused: list[tuple[_Pending, str]] = []
+        query = sql.SQL(
+            "INSERT INTO {} (document) VALUES (%s::jsonb) ON CONFLICT DO NOTHING RETURNING id"
+        ).format(self.table)
+        with self.conn.transaction():
+            self._capture(False)
+            for pending in batch:
+                try:
+                    with self.conn.transaction():
+                        row = self.conn.execute(query, (pending.text,)).fetchone()
+                except psycopg.OperationalError:
+                    raise
+                except psycopg.DatabaseError as err:
+                    refused.append((pending, f"refused by PostgreSQL: {_first_line(err)}"))
+                    continue
+                if row is not None:
+                    inserted.add(str(row[0]))
+            self._capture(True)
+        return inserted, refused
+
+    def _capture(self, on: bool) -> None:
+        if self.options.capture_changes:
+            return
+        verb = sql.SQL("ENABLE" if on else "DISABLE")
+        self.conn.execute(
+            sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(self.table, verb, self.trigger)
+        )
+
+    def present(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the table holds."""
+        if not ids:
+            return set()
+        rows = self.conn.execute(
+            sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(self.table), (list(ids),)
+        ).fetchall()
+        self.conn.commit()
+        return {str(r[0]) for r in rows}
+
+    def event_id_owners(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """eventId -> id of the stored maintenance events that hold those eventIds."""
+        if not event_ids or self.collection != "maintenance_events":
+            return {}
+        rows = self.conn.execute(
+            "SELECT event_id, id FROM maintenance_events WHERE event_id = ANY(%s)",
+            (list(event_ids),),
+        ).fetchall()
+        self.conn.commit()
+        return {str(r[0]): str(r[1]) for r in rows}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def migrate(
+    conn: Conn,
+    sources: Iterable[Source],
+    options: MigrateOptions | None = None,
+    *,
+    on_progress: ProgressCallback | None = None,
+    on_reject: RejectCallback | None = None,
+) -> MigrationReport:
+    """Import every source into its table; verify afterwards when ``options.verify``.
+
+    ``conn`` is a non-autocommit connection to the target database (the
+    tables' owner unless ``options.capture_changes``). With
+    ``options.dry_run`` every document is read and checked and the target is
+    only read (which ids it already holds), never written.
+    """
+    options = options or MigrateOptions()
+    if options.batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {options.batch_size}")
+    if conn.autocommit:
+        raise ConfigError("migrate needs a connection with autocommit off")
+    source_list = list(sources)
+    collections = [c for c in COLLECTIONS if any(s.collection == c for s in source_list)]
+    check_target(conn, collections, need_owner=not options.capture_changes and not options.dry_run)
+    started = time.monotonic()
+    report = MigrationReport(
+        dry_run=options.dry_run,
+        capture_changes=options.capture_changes,
+        summaries={c: CollectionSummary(c) for c in collections},
+    )
+    seen_ids: dict[str, set[str]] = {c: set() for c in collections}
+    samplers = {c: _Sampler(options.sample_size) for c in collections}
+    counters: dict[str, Callable[[], int]] = {}
+    for collection in collections:
+        mine = [s for s in source_list if s.collection == collection]
+        for source in mine:
+            if source.count is not None:
+                counters[collection] = source.count
+        run = _CollectionRun(
+            conn,
+            collection,
+            options,
+            report.summaries[collection],
+            seen_ids[collection],
+            samplers[collection],
+            on_progress,
+            on_reject,
+        )
+        for source in mine:
+            run.read(source)
+        run.finish()
+    if not options.dry_run:
+        for collection in collections:
+            report.summaries[collection].target_count = _count(conn, collection)
+    if options.verify:
+        report.verify = {
+            c: _verify(conn, report.summaries[c], seen_ids[c], samplers[c], counters.get(c))
+            for c in collections
+        }
+    report.elapsed = time.monotonic() - started
+    return report
+
+
+class _CollectionRun:
+    """Reading, checking and batching of one collection's sources."""
+
+    def __init__(
+        self,
+        conn: Conn,
+        collection: str,
+        options: MigrateOptions,
+        summary: CollectionSummary,
+        seen_ids: set[str],
+        sampler: _Sampler,
+        on_progress: ProgressCallback | None,
+        on_reject: RejectCallback | None,
+    ) -> None:
+        self.importer = _Importer(conn, collection, options)
+        self.collection = collection
+        self.options = options
+        self.summary = summary
+        self.seen_ids = seen_ids
+        self.sampler = sampler
+        self.on_progress = on_progress
+        self.on_reject = on_reject
+        self.batch: list[_Pending] = []
+        self.started = time.monotonic()
+        self.last_report = 0.0
+        self.source_name = ""
+
+    def read(self, source: Source) -> None:
+        self.source_name = source.name
+        for record in source.records():
+            self.summary.read += 1
+            if record.document is None:
+                self.reject(record.where, record.error or "unreadable", record.raw)
+                continue
+            doc = record.document
+            try:
+                doc_id = check_document(self.collection, doc)
+                text = _dump(doc)
+            except InvalidDocument as err:
+                self.reject(record.where, str(err), record.raw, _safe_id(doc))
+                continue
+            self.batch.append(_Pending(record.where, record.raw, doc_id, text, doc))
+            if len(self.batch) >= self.options.batch_size:
+                self.flush()
+            elif time.monotonic() - self.last_report >= self.options.progress_interval:
+                self.progress()
+        self.flush()
+
+    def reject(self, where: str, reason: str, raw: str, doc_id: str | None = None) -> None:
+        self.summary.rejected += 1
+        if self.on_reject is not None:
+            self.on_reject(Reject(self.collection, where, reason, raw, doc_id))
+
+    def flush(self) -> None:
+        batch, self.batch = self.batch, []
+        if not batch:
+            return
+        try:
+            inserted, refused = self.importer.write(batch)
+        except psycopg.OperationalError as err:
+            raise StoreUnavailableError(
+                f"{self.collection}: the connection to the target was lost during a batch "
+                f"(nothing of that batch was stored; run again to continue): {_first_line(err)}"
+            ) from err
+        dry_run = self.options.dry_run
+        refused_at = {id(p): reason for p, reason in refused}
+        # Documents not inserted (or, in a dry run, all): already stored, or a
+        # maintenance event whose eventId another stored document holds.
+        candidates = [
+            p for p in batch if dry_run or (p.id not in inserted and id(p) not in refused_at)
+        ]
+        present = self.importer.present([p.id for p in candidates])
+        owners = self.importer.event_id_owners(
+            [_event_id(p.document) for p in candidates]
+            if self.collection == "maintenance_events"
+            else []
+        )
+        counted: set[str] = set()
+        for pending in batch:
+            reason = refused_at.get(id(pending))
+            if reason is not None:
+                self.reject(pending.where, reason, pending.raw, pending.id)
+                continue
+            if pending.id in self.seen_ids or pending.id in counted:
+                self.summary.already_present += 1
+                continue
+            holder = owners.get(_event_id(pending.document))
+            if pending.id in present:
+                self.summary.already_present += 1
+            elif (dry_run and (holder is None or holder == pending.id)) or (
+                not dry_run and pending.id in inserted
+            ):
+                self.summary.imported += 1
+            else:
+                self.reject(
+                    pending.where,
+                    f"eventId {_event_id(pending.document)} is already stored under _id {holder}"
+                    if holder is not None
+                    else "not stored: conflicts with a stored document",
+                    pending.raw,
+                    pending.id,
+                )
+                continue
+            counted.add(pending.id)
+            self.seen_ids.add(pending.id)
+            self.sampler.offer(pending.id, pending.document)
+        self.progress()
+
+    def progress(self, done: bool = False) -> None:
+        self.last_report = time.monotonic()
+        if self.on_progress is None:
+            return
+        s = self.summary
+        self.on_progress(
+            Progress(
+                self.collection,
+                self.source_name,
+                s.read,
+                s.imported,
+                s.already_present,
+                s.rejected,
+                self.last_report - self.started,
+                done,
+            )
+        )
+
+    def finish(self) -> None:
+        self.flush()
+        self.progress(done=True)
+
+
+def _event_id(doc: dict[str, Any]) -> str:
+    return str(doc.get("eventId", doc.get("eventid")))
+
+
+def _safe_id(doc: dict[str, Any]) -> str | None:
+    value = doc.get("_id")
+    return None if value is None else str(value)
+
+
+def _count(conn: Conn, collection: str) -> int:
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(collection))
+    ).fetchone()
+    conn.commit()
+    return int(row[0]) if row else 0
+
+
+# -- verify ----------------------------------------------------------------------------
+
+
+def differences(source: Any, target: Any, path: str = "") -> list[str]:
+    """The paths where two JSON documents differ (``True`` is not ``1``; key order ignored)."""
+    here = path or "(document)"
+    if isinstance(source, dict) and isinstance(target, dict):
+        out: list[str] = []
+        for key in sorted(source.keys() | target.keys()):
+            sub = f"{path}.{key}" if path else key
+            if key not in target:
+                out.append(f"{sub}: missing in PostgreSQL")
+            elif key not in source:
+                out.append(f"{sub}: only in PostgreSQL")
+            else:
+                out.extend(differences(source[key], target[key], sub))
+        return out
+    if isinstance(source, list) and isinstance(target, list) and len(source) == len(target):
+        out = []
+        for i, (a, b) in enumerate(zip(source, target, strict=True)):
+            out.extend(differences(a, b, f"{path}[{i}]"))
+        return out
+    if json_equal(source, target):
+        return []
+    return [f"{here}: source {_short(source)} != PostgreSQL {_short(target)}"]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _verify(
+    conn: Conn,
+    summary: CollectionSummary,
+    ids: set[str],
+    sampler: _Sampler,
+    source_counter: Callable[[], int] | None,
+) -> VerifyResult:
+    collection = summary.collection
+    table = sql.Identifier(collection)
+    found = 0
+    missing: list[str] = []
+    id_list = sorted(ids)
+    for start in range(0, len(id_list), 10_000):
+        chunk = id_list[start : start + 10_000]
+        rows = conn.execute(
+            sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(table), (chunk,)
+        ).fetchall()
+        held = {str(r[0]) for r in rows}
+        found += len(held)
+        if len(missing) < 20:
+            missing.extend(i for i in chunk if i not in held)
+    stored: dict[str, Any] = {}
+    sample_ids = [doc_id for doc_id, _ in sampler.items]
+    if sample_ids:
+        rows = conn.execute(
+            sql.SQL("SELECT id, document FROM {} WHERE id = ANY(%s)").format(table),
+            (sample_ids,),
+        ).fetchall()
+        stored = {str(r[0]): r[1] for r in rows}
+    target_count = _count(conn, collection)
+    mismatches = []
+    for doc_id, document in sampler.items:
+        if doc_id not in stored:
+            continue  # counted as missing above
+        diff = differences(document, stored[doc_id])
+        if diff:
+            mismatches.append(Mismatch(doc_id, tuple(diff)))
+    source_count = summary.read if source_counter is None else source_counter()
+    return VerifyResult(
+        collection=collection,
+        source_count=source_count,
+        read=summary.read,
+        rejected=summary.rejected,
+        expected=len(ids),
+        found=found,
+        target_count=target_count,
+        sampled=len(sampler.items),
+        missing_ids=missing[:20],
+        mismatches=mismatches,
+    )
+
+
+def write_reject(stream: IO[str], reject: Reject) -> None:
+    """One rejects-file line: JSON with collection, where, id, reason and ``raw``, the
+    document's text exactly as read (a mongoexport line, or canonical extended JSON
+    for a live source)."""
+    stream.write(json.dumps(reject.as_dict(), ensure_ascii=False) + "\n")
