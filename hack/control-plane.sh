@@ -9,10 +9,13 @@ BIN_DIR="${NVSENTINEL_BIN_DIR:-${ROOT_DIR}/.bin}"
 STATE_DIR="${NVSENTINEL_CONTROL_PLANE_DIR:-${ROOT_DIR}/.state/control-plane}"
 CERT_MANAGER_VERSION="v1.19.4"
 # The service range is a private range nobody serves here; see --help.
-SERVICE_CIDR="10.0.0.0/24"
+SERVICE_CIDR="${NVSENTINEL_CONTROL_PLANE_SERVICE_CIDR:-10.0.0.0/24}"
 READY_TIMEOUT_SECONDS="${NVSENTINEL_CONTROL_PLANE_TIMEOUT:-90}"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 MARKER=".nvsentinel-control-plane"
+PKI_DIR="${STATE_DIR}/pki"
+# shellcheck source=hack/lib/pki.sh
+source "${ROOT_DIR}/hack/lib/pki.sh"
 
 usage() {
 	cat <<EOF
@@ -37,6 +40,7 @@ Environment:
   NVSENTINEL_CONTROL_PLANE_DIR      state directory (default: .state/control-plane)
   NVSENTINEL_BIN_DIR                where the binaries are (default: .bin)
   NVSENTINEL_CONTROL_PLANE_TIMEOUT  seconds to wait for readiness (default: 90)
+  NVSENTINEL_CONTROL_PLANE_SERVICE_CIDR  service range (default: 10.0.0.0/24)
   NVSENTINEL_GUARD_SERVICE_RANGE    1 (default): as root, add an 'unreachable' route for
                                     the service range while the plane runs; 0: don't
 
@@ -77,10 +81,6 @@ step() {
 	log "control-plane: ${what} in $(seconds_since "${start}")s"
 }
 
-pki() {
-	echo "${STATE_DIR}/pki/$1"
-}
-
 pid_file() {
 	echo "${STATE_DIR}/pids/$1.pid"
 }
@@ -116,47 +116,8 @@ require_binaries() {
 	command -v go >/dev/null || die "go is not installed (it fetches cert-manager's CRDs)"
 }
 
-# free_ports N: N distinct free TCP ports on 127.0.0.1.
-free_ports() {
-	python3 - "$1" <<'EOF'
-import socket
-import sys
-
-sockets = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    sockets.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in sockets))
-for s in sockets:
-    s.close()
-EOF
-}
-
-# sign NAME SUBJECT EXTENSIONS: a P-256 key and a certificate signed by the CA.
-sign() {
-	local name="$1" subject="$2" extensions="$3" ca="${4:-ca}"
-	openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$(pki "${name}.key")" 2>/dev/null
-	openssl req -new -key "$(pki "${name}.key")" -subj "${subject}" -out "$(pki "${name}.csr")"
-	openssl x509 -req -in "$(pki "${name}.csr")" -CA "$(pki "${ca}.crt")" -CAkey "$(pki "${ca}.key")" \
-		-CAcreateserial -days 365 -sha256 -out "$(pki "${name}.crt")" \
-		-extfile <(printf '%s\n' "[ext]" "${extensions}") -extensions ext 2>/dev/null
-	rm -f "$(pki "${name}.csr")"
-}
-
-make_ca() {
-	local name="$1" subject="$2"
-	openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$(pki "${name}.key")" 2>/dev/null
-	openssl req -x509 -new -key "$(pki "${name}.key")" -subj "${subject}" -days 3650 -sha256 \
-		-addext "basicConstraints=critical,CA:TRUE" \
-		-addext "keyUsage=critical,keyCertSign,cRLSign" \
-		-out "$(pki "${name}.crt")"
-}
-
 generate_certificates() {
-	local client="basicConstraints=critical,CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=clientAuth"
+	local client="${PKI_CLIENT_EXTENSIONS}"
 	mkdir -p "${STATE_DIR}/pki"
 	chmod 700 "${STATE_DIR}/pki"
 	make_ca ca "/CN=nvsentinel-local-ca"
@@ -166,6 +127,9 @@ extendedKeyUsage=serverAuth
 subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
 	sign admin "/O=system:masters/CN=nvsentinel-admin" "${client}"
 	sign controller-manager "/CN=system:kube-controller-manager" "${client}"
+	# The API server's client certificate towards kubelets (logs, exec,
+	# port-forward), when a kubelet joins (hack/local-cluster.sh).
+	sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "${client}"
 	# Requests the API server proxies to aggregated API servers carry this
 	# client certificate; aggregated servers trust it through front-proxy-ca.
 	make_ca front-proxy-ca "/CN=nvsentinel-local-front-proxy-ca"
@@ -173,32 +137,6 @@ subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,
 	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$(pki sa.key)" 2>/dev/null
 	openssl pkey -in "$(pki sa.key)" -pubout -out "$(pki sa.pub)"
 	rm -f "$(pki ca.srl)" "$(pki front-proxy-ca.srl)"
-}
-
-# write_kubeconfig FILE SERVER CLIENT: a kubeconfig with the certificates inlined.
-write_kubeconfig() {
-	local file="$1" server="$2" client="$3"
-	cat >"${file}" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: nvsentinel-local
-  cluster:
-    server: ${server}
-    certificate-authority-data: $(base64 -w0 <"$(pki ca.crt)")
-users:
-- name: ${client}
-  user:
-    client-certificate-data: $(base64 -w0 <"$(pki "${client}.crt")")
-    client-key-data: $(base64 -w0 <"$(pki "${client}.key")")
-contexts:
-- name: nvsentinel-local
-  context:
-    cluster: nvsentinel-local
-    user: ${client}
-current-context: nvsentinel-local
-EOF
-	chmod 600 "${file}"
 }
 
 # start NAME ARGS...: start a component in its own session, logging to a file.
@@ -274,6 +212,9 @@ start_apiserver() {
 		--requestheader-extra-headers-prefix=X-Remote-Extra- \
 		--proxy-client-cert-file="$(pki front-proxy-client.crt)" \
 		--proxy-client-key-file="$(pki front-proxy-client.key)" \
+		--kubelet-client-certificate="$(pki apiserver-kubelet-client.crt)" \
+		--kubelet-client-key="$(pki apiserver-kubelet-client.key)" \
+		--kubelet-certificate-authority="$(pki ca.crt)" \
 		--profiling=false
 	wait_for kube-apiserver "https://127.0.0.1:${APISERVER_PORT}/readyz" "ok" \
 		--cacert "$(pki ca.crt)" --cert "$(pki admin.crt)" --key "$(pki admin.key)"
