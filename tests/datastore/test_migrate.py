@@ -1,0 +1,561 @@
+"""``nvsentinel-store migrate``: mongoexport files and a live MongoDB wire server into PostgreSQL.
+
+The files are generated in mongoexport's format (compact extended JSON, one
+document per line, relaxed and canonical modes); the live source is FerretDB.
+The target is the TLS test server with the schema applied; the importer
+connects as the tables' owner (``nvsentinel_migrator``), as the guide says.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from bson.objectid import ObjectId
+from pymongo import MongoClient
+
+from nvsentinel_store import cli, migrate
+from nvsentinel_store.config import Settings, mongo_client_kwargs
+from nvsentinel_store.errors import ConfigError
+from nvsentinel_store.providers.postgresql import PostgresStore
+from nvsentinel_store.query import json_equal
+from nvsentinel_store.store import WatchOptions
+from tests.fixtures.ca import Pki
+from tests.fixtures.ferretdb import FerretDBServer
+from tests.fixtures.mongoexport import (
+    documents,
+    expected_json,
+    export_line,
+    write_export,
+)
+from tests.fixtures.postgres import MIGRATION_USER, PostgresDatabase
+
+pytestmark = pytest.mark.datastore
+
+Row = tuple[Any, ...]
+
+
+def env_for(database: PostgresDatabase, user: str = MIGRATION_USER) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATASTORE_"))}
+    env.pop("MONGODB_CLIENT_CERT_MOUNT_PATH", None)
+    env.pop("POSTGRESQL_CLIENT_CERT_MOUNT_PATH", None)
+    env.update(database.datastore_env(user=user))
+    return env
+
+
+def run(database: PostgresDatabase, *args: str, user: str = MIGRATION_USER) -> tuple[int, str, str]:
+    """``nvsentinel-store migrate ARGS`` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["migrate", *args], env=env_for(database, user), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def summary(stdout: str) -> dict[str, list[str]]:
+    """The summary table: collection -> [read, imported, already present, rejected, in PG]."""
+    rows: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("health_events", "maintenance_events") and len(parts) == 6:
+            rows[parts[0]] = [p.replace(",", "") for p in parts[1:]]
+    return rows
+
+
+def query(database: PostgresDatabase, text: str, *params: Any) -> list[Row]:
+    with psycopg.connect(database.superuser_conninfo(), autocommit=True) as conn:
+        cur = conn.execute(text, params or None)
+        return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def export_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="nvsentinel-export-") as path:
+        yield Path(path)
+
+
+@pytest.fixture
+def exported(export_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """300 health events (relaxed mode) and 60 maintenance events (canonical mode) on disk."""
+    docs = {
+        "health_events": list(documents("health_events", 300, seed=7)),
+        "maintenance_events": list(documents("maintenance_events", 60, seed=8)),
+    }
+    write_export(export_dir / "health_events.json", docs["health_events"], "relaxed")
+    write_export(export_dir / "maintenance_events.json", docs["maintenance_events"], "canonical")
+    return docs
+
+
+def stored(database: PostgresDatabase, table: str) -> dict[str, Any]:
+    return {str(r[0]): r[1] for r in query(database, f"SELECT id, document FROM {table}")}
+
+
+def changelog_count(database: PostgresDatabase) -> int:
+    return int(query(database, "SELECT count(*) FROM datastore_changelog")[0][0])
+
+
+def test_import_keeps_ids_documents_and_extracted_columns_from_relaxed_and_canonical_files(
+    schema_database: PostgresDatabase,
+    export_dir: Path,
+    exported: dict[str, list[dict[str, Any]]],
+) -> None:
+    code, out, err = run(schema_database, "--from-files", str(export_dir), "--batch-size", "70")
+    assert code == 0, out + err
+    assert summary(out) == {
+        "health_events": ["300", "300", "0", "0", "300"],
+        "maintenance_events": ["60", "60", "0", "0", "60"],
+    }, out
+
+    for table, docs in exported.items():
+        rows = stored(schema_database, table)
+        assert len(rows) == len(docs)
+        for doc in docs:
+            want = expected_json(doc)
+            assert json_equal(rows[str(doc["_id"])], want), (rows[str(doc["_id"])], want)
+
+    columns = {
+        str(r[0]): r[1:]
+        for r in query(
+            schema_database,
+            "SELECT id, node_name, check_name, is_fatal, recommended_action, created_at, "
+            "event_timestamp, quarantine_status, eviction_status, fault_remediated, "
+            "last_remediation_at FROM health_events",
+        )
+    }
+    for doc in exported["health_events"]:
+        he, st = doc["healthevent"], doc["healtheventstatus"]
+        generated = he["generatedtimestamp"]
+        assert columns[str(doc["_id"])] == (
+            he["nodename"],
+            he["checkname"],
+            he["isfatal"],
+            he["recommendedaction"],
+            doc["createdAt"],
+            datetime.fromtimestamp(generated["seconds"] + generated["nanos"] / 1e9, UTC),
+            st["nodequarantined"],
+            st["userpodsevictionstatus"]["status"] or None,
+            st["faultremediated"],
+            st["lastremediationtimestamp"],
+        )
+    maintenance = {
+        str(r[0]): r[1:]
+        for r in query(
+            schema_database,
+            "SELECT id, event_id, csp, node_name, status, scheduled_start_time, actual_end_time, "
+            "event_received_at FROM maintenance_events",
+        )
+    }
+    for doc in exported["maintenance_events"]:
+        assert maintenance[str(doc["_id"])] == (
+            doc["eventId"],
+            doc["csp"],
+            doc["nodeName"],
+            doc["status"],
+            doc["scheduledStartTime"],
+            doc.get("actualEndTime"),
+            doc["eventReceivedTimestamp"],
+        )
+
+
+def test_second_run_adds_nothing_and_reports_every_document_already_present(
+    schema_database: PostgresDatabase,
+    export_dir: Path,
+    exported: dict[str, list[dict[str, Any]]],
+) -> None:
+    assert run(schema_database, "--from-files", str(export_dir))[0] == 0
+    before = {t: stored(schema_database, t) for t in exported}
+
+    code, out, err = run(schema_database, "--from-files", str(export_dir))
+
+    assert code == 0, out + err
+    assert summary(out) == {
+        "health_events": ["300", "0", "300", "0", "300"],
+        "maintenance_events": ["60", "0", "60", "0", "60"],
+    }, out
+    assert {t: stored(schema_database, t) for t in exported} == before
+    versions = query(schema_database, "SELECT DISTINCT version FROM health_events")
+    assert versions == [(1,)], "a re-run must not rewrite (update) stored documents"
+
+
+def test_import_wakes_no_consumer_and_leaves_change_capture_on(
+    schema_database: PostgresDatabase,
+    store: PostgresStore,
+    export_dir: Path,
+    exported: dict[str, list[dict[str, Any]]],
+) -> None:
+    options = WatchOptions(poll_interval=0.05)
+    events = store.collection("health_events")
+    with events.watch(client_name="fault-quarantine", options=options) as stream:
+        stream.save_token()
+
+    code, out, err = run(schema_database, "--from-files", str(export_dir))
+    assert code == 0, out + err
+    assert "without change events" in out
+    assert changelog_count(schema_database) == 0
+
+    enabled = query(
+        schema_database,
+        "SELECT tgname::text, tgenabled::text FROM pg_trigger WHERE tgname LIKE '%capture%' "
+        "ORDER BY 1",
+    )
+    assert enabled and all(state == "O" for _, state in enabled), enabled
+
+    live_id = events.insert_one({"healthevent": {"nodename": "gpu-node-after-import"}})
+    with events.watch(client_name="fault-quarantine", options=options) as stream:
+        first = stream.try_next(timeout=10)
+        assert first is not None
+        assert first["documentKey"] == {"_id": live_id}, "the consumer saw imported history"
+        assert stream.try_next(timeout=0.3) is None
+
+
+def test_capture_changes_imports_as_the_application_and_each_document_is_an_insert(
+    schema_database: PostgresDatabase,
+    export_dir: Path,
+    exported: dict[str, list[dict[str, Any]]],
+) -> None:
+    code, out, err = run(schema_database, "--from-files", str(export_dir), user="nvsentinel")
+    assert code == cli.EXIT_USAGE
+    assert "nvsentinel_migrator" in err and "--capture-changes" in err, err
+    assert stored(schema_database, "health_events") == {}
+
+    code, out, err = run(
+        schema_database, "--from-files", str(export_dir), "--capture-changes", user="nvsentinel"
+    )
+
+    assert code == 0, out + err
+    rows = query(
+        schema_database,
+        "SELECT collection, operation, count(*) FROM datastore_changelog GROUP BY 1, 2 ORDER BY 1",
+    )
+    assert rows == [("health_events", "insert", 300), ("maintenance_events", "insert", 60)]
+
+
+def test_bad_documents_go_to_the_rejects_file_with_line_numbers_and_the_rest_imports(
+    schema_database: PostgresDatabase, export_dir: Path
+) -> None:
+    good = list(documents("health_events", 6, seed=3))
+    lines = [export_line(d) for d in good]
+    bad = {
+        2: ('{"_id":{"$oid":"65f000000000000000000001"},"healthevent":{"nodename":', "not valid"),
+        4: (
+            '{"_id":"no-node","healthevent":{"agent":"gpu-health-monitor"}}',
+            "healthevent.nodename",
+        ),
+        6: ('{"_id":"nan","healthevent":{"nodename":"n1","x":{"$numberDouble":"NaN"}}}', "nan"),
+        8: (
+            '{"_id":"far","createdAt":{"$date":{"$numberLong":"-99999999999999999"}},'
+            '"healthevent":{"nodename":"n1"}}',
+            "outside the years",
+        ),
+        # Passes the checks; PostgreSQL refuses the date when extracting created_at.
+        10: (
+            '{"_id":"feb30","createdAt":"2026-02-30T00:00:00Z","healthevent":{"nodename":"n1"}}',
+            "refused by PostgreSQL",
+        ),
+        11: ('{"healthevent":{"nodename":"n1"}}', "missing _id"),
+    }
+    body: list[str] = []
+    it = iter(lines)
+    for number in range(1, 13):
+        body.append(bad[number][0] if number in bad else next(it))
+    source = export_dir / "health_events-2026-03.json"
+    source.write_text("\n".join(body) + "\n", encoding="utf-8")
+    rejects = export_dir / "rejects.ndjson"
+
+    code, out, err = run(
+        schema_database, "--from-files", str(source), "--rejects", str(rejects), "--verify"
+    )
+
+    assert code == 1, out + err
+    assert summary(out)["health_events"] == ["12", "6", "0", "6", "6"], out
+    assert set(stored(schema_database, "health_events")) == {str(d["_id"]) for d in good}
+    written = [json.loads(line) for line in rejects.read_text().splitlines()]
+    lines_of = [int(r["where"].rsplit(":", 1)[1]) for r in written]
+    assert sorted(lines_of) == sorted(bad)
+    assert all(r["where"].startswith(f"{source}:") for r in written)
+    for record in written:
+        number = int(record["where"].rsplit(":", 1)[1])
+        raw, reason = bad[number]
+        assert record["raw"] == raw, "a reject is kept exactly as it was read"
+        assert reason.lower() in record["reason"].lower(), record
+        assert record["collection"] == "health_events"
+    assert f"{source}:2" in err and "verified" in out
+
+
+def test_maintenance_event_whose_eventId_is_stored_under_another_id_is_rejected(
+    schema_database: PostgresDatabase, export_dir: Path
+) -> None:
+    first, second = documents("maintenance_events", 2, seed=5)
+    clash = dict(second, _id=ObjectId(), eventId=first["eventId"])
+    write_export(export_dir / "maintenance_events.json", [first, clash, second])
+
+    code, out, err = run(schema_database, "--from-files", str(export_dir))
+
+    assert code == 1
+    assert summary(out)["maintenance_events"] == ["3", "2", "0", "1", "2"], out
+    assert f"eventId {first['eventId']} is already stored under _id {first['_id']}" in err
+
+
+def test_dry_run_checks_everything_and_writes_nothing(
+    schema_database: PostgresDatabase,
+    export_dir: Path,
+    exported: dict[str, list[dict[str, Any]]],
+) -> None:
+    (export_dir / "health_events.json").open("a").write('{"_id":"x","healthevent":{}}\n')
+
+    code, out, err = run(schema_database, "--from-files", str(export_dir), "--dry-run")
+
+    assert code == 1, out + err
+    assert "would import" in out and "dry run, nothing written" in out
+    assert summary(out) == {
+        "health_events": ["301", "300", "0", "1", "-"],
+        "maintenance_events": ["60", "60", "0", "0", "-"],
+    }, out
+    assert stored(schema_database, "health_events") == {}
+    assert stored(schema_database, "maintenance_events") == {}
+    assert changelog_count(schema_database) == 0
+
+    assert run(schema_database, "--from-files", str(export_dir))[0] == 1
+    _, out, _ = run(schema_database, "--from-files", str(export_dir), "--dry-run")
+    assert summary(out)["health_events"] == ["301", "0", "300", "1", "-"], out
+
+
+def test_verify_passes_after_import_and_names_a_stored_document_that_differs(
+    schema_database: PostgresDatabase,
+    export_dir: Path,
+    exported: dict[str, list[dict[str, Any]]],
+) -> None:
+    code, out, err = run(schema_database, "--from-files", str(export_dir), "--verify")
+    assert code == 0, out + err
+    assert out.rstrip().endswith("verified"), out
+
+    victim = exported["health_events"][17]
+    query(
+        schema_database,
+        "UPDATE health_events SET document = jsonb_set(document, "
+        "'{healthevent,nodename}', '\"gpu-node-tampered\"') WHERE id = %s",
+        str(victim["_id"]),
+    )
+    code, out, err = run(
+        schema_database, "--from-files", str(export_dir), "--verify", "--sample", "1000"
+    )
+
+    assert code == 1, out + err
+    assert "VERIFY FAILED" in out
+    assert f"_id {victim['_id']} differs: healthevent.nodename" in out, out
+    assert "gpu-node-tampered" in out
+
+
+def test_dry_run_verify_checks_without_writing_and_names_a_missing_document(
+    schema_database: PostgresDatabase,
+    export_dir: Path,
+    exported: dict[str, list[dict[str, Any]]],
+) -> None:
+    assert run(schema_database, "--from-files", str(export_dir))[0] == 0
+    gone = str(exported["maintenance_events"][3]["_id"])
+    query(schema_database, "DELETE FROM maintenance_events WHERE id = %s", gone)
+
+    code, out, err = run(schema_database, "--from-files", str(export_dir), "--dry-run", "--verify")
+
+    assert code == 1, out + err
+    assert f"maintenance_events: missing in PostgreSQL: {gone}" in out
+    assert stored(schema_database, "maintenance_events").keys() == {
+        str(d["_id"]) for d in exported["maintenance_events"]
+    } - {gone}, "a dry run must not put the document back"
+    with psycopg.connect(schema_database.conninfo(user=MIGRATION_USER)) as conn:
+        report = migrate.migrate(
+            conn,
+            migrate.file_sources([export_dir], ["maintenance_events"]),
+            migrate.MigrateOptions(dry_run=True, verify=True),
+        )
+    assert report.verify is not None
+    result = report.verify["maintenance_events"]
+    assert (result.expected, result.found, result.ok) == (60, 59, False)
+
+
+def test_literal_mongoexport_lines_of_every_extended_json_type(
+    schema_database: PostgresDatabase, export_dir: Path
+) -> None:
+    uid = "3f2a1b4c-5d6e-4f70-8192-a3b4c5d6e7f8"
+    relaxed = (
+        '{"_id":{"$oid":"65f1a2b3c4d5e6f708192a3b"},"createdAt":{"$date":"2026-03-01T10:00:00.123Z"},'
+        '"healthevent":{"nodename":"gpu-node-0001","recommendedaction":24,'
+        '"generatedtimestamp":{"seconds":1772359200,"nanos":5},"ratio":0.5,'
+        '"isfatal":true,"errorcode":["79"]},'
+        '"healtheventstatus":{"lastremediationtimestamp":{"$date":"2026-03-01T11:00:00Z"}}}'
+    )
+    canonical = (
+        '{"_id":{"$uuid":"' + uid + '"},'
+        '"createdAt":{"$date":{"$numberLong":"1772359200123"}},'
+        '"healthevent":{"nodename":"gpu-node-0002","version":{"$numberInt":"1"},'
+        '"recommendedaction":{"$numberInt":"5"},'
+        '"generatedtimestamp":{"seconds":{"$numberLong":"1772359200"},"nanos":{"$numberInt":"7"}},'
+        '"ratio":{"$numberDouble":"0.25"},"big":{"$numberLong":"9007199254740993"},'
+        '"price":{"$numberDecimal":"12.345678901234567890"},"whole":{"$numberDecimal":"42"},'
+        '"blob":{"$binary":{"base64":"AAEC","subType":"00"}},'
+        '"seen":{"$timestamp":{"t":1772359200,"i":3}}}}'
+    )
+    legacy = (
+        '{"_id":"legacy-1","createdAt":{"$date":"2026-03-01T05:00:00.500-0500"},'
+        '"healthevent":{"nodename":"gpu-node-0003"}}'
+    )
+    (export_dir / "health_events.json").write_text("\n".join([relaxed, canonical, legacy]) + "\n")
+
+    code, out, err = run(schema_database, "--from-files", str(export_dir))
+
+    assert code == 0, out + err
+    rows = stored(schema_database, "health_events")
+    assert rows["65f1a2b3c4d5e6f708192a3b"] == {
+        "_id": "65f1a2b3c4d5e6f708192a3b",
+        "createdAt": "2026-03-01T10:00:00.123000Z",
+        "healthevent": {
+            "nodename": "gpu-node-0001",
+            "recommendedaction": 24,
+            "generatedtimestamp": {"seconds": 1772359200, "nanos": 5},
+            "ratio": 0.5,
+            "isfatal": True,
+            "errorcode": ["79"],
+        },
+        "healtheventstatus": {"lastremediationtimestamp": "2026-03-01T11:00:00.000000Z"},
+    }
+    assert rows[uid] == {
+        "_id": uid,
+        "createdAt": "2026-03-01T10:00:00.123000Z",
+        "healthevent": {
+            "nodename": "gpu-node-0002",
+            "version": 1,
+            "recommendedaction": 5,
+            "generatedtimestamp": {"seconds": 1772359200, "nanos": 7},
+            "ratio": 0.25,
+            "big": 9007199254740993,
+            "price": "12.345678901234567890",
+            "whole": 42,
+            "blob": "AAEC",
+            "seen": {"t": 1772359200, "i": 3},
+        },
+    }
+    assert rows["legacy-1"]["createdAt"] == "2026-03-01T10:00:00.500000Z"
+    created = dict(query(schema_database, "SELECT id, created_at FROM health_events"))
+    assert created[uid] == datetime(2026, 3, 1, 10, 0, 0, 123000, tzinfo=UTC)
+    assert created["legacy-1"] == datetime(2026, 3, 1, 10, 0, 0, 500000, tzinfo=UTC)
+
+
+def test_file_names_map_to_collections_and_others_are_refused(tmp_path: Path) -> None:
+    for name in ("health_events.json", "maintenance-events-part2.ndjson.gz", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    found = migrate.file_sources([tmp_path], ["health_events", "maintenance_events"])
+    assert sorted((s.collection, Path(s.name).name) for s in found) == [
+        ("health_events", "health_events.json"),
+        ("maintenance_events", "maintenance-events-part2.ndjson.gz"),
+    ]
+    other = tmp_path / "export.json"
+    other.write_bytes(b"")
+    with pytest.raises(ConfigError, match="names no collection"):
+        migrate.file_sources([other], ["health_events", "maintenance_events"])
+    assert migrate.file_sources([other], ["maintenance_events"])[0].collection == (
+        "maintenance_events"
+    )
+
+
+def test_progress_is_logged_with_counts_and_rate_when_not_on_a_terminal(
+    schema_database: PostgresDatabase,
+    export_dir: Path,
+    exported: dict[str, list[dict[str, Any]]],
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nvsentinel_store.cli", "migrate", "--from-files", str(export_dir)],
+        env=env_for(schema_database),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "health_events: 300 read, 300 imported, 0 already present, 0 rejected" in result.stderr
+    assert "docs/s (done)" in result.stderr
+    assert "\r" not in result.stderr
+
+
+# -- live MongoDB (FerretDB) -------------------------------------------------------------
+
+
+@pytest.fixture
+def mongo_source(ferretdb_server: FerretDBServer, test_ca: Pki) -> Iterator[tuple[Any, list[str]]]:
+    """A fresh database on FerretDB and the CLI options that reach it."""
+    name = f"m_{uuid.uuid4().hex[:12]}"
+    certs = test_ca.client("nvsentinel")
+    settings = Settings.from_env(
+        {
+            "DATASTORE_PROVIDER": "mongodb",
+            "DATASTORE_HOST": "localhost",
+            "DATASTORE_PORT": str(ferretdb_server.port),
+            "DATASTORE_DATABASE": name,
+            "MONGODB_CLIENT_CERT_MOUNT_PATH": str(certs.path),
+        }
+    )
+    with tempfile.TemporaryDirectory() as pem_dir:
+        kwargs = mongo_client_kwargs(settings, pem_directory=Path(pem_dir))
+        kwargs.pop("authMechanism")  # FerretDB: TLS client certificate, no X509 auth
+        kwargs.pop("authSource")
+        client: MongoClient[dict[str, Any]] = MongoClient(**kwargs)
+    options = [
+        "--from-mongodb",
+        "--source-host=localhost",
+        f"--source-port={ferretdb_server.port}",
+        f"--source-database={name}",
+        f"--source-cert-dir={certs.path}",
+        "--source-auth=none",
+    ]
+    try:
+        yield client[name], options
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
+def test_live_mongodb_source_imports_both_collections_and_verifies(
+    schema_database: PostgresDatabase, mongo_source: tuple[Any, list[str]]
+) -> None:
+    database, options = mongo_source
+    docs = {
+        "health_events": list(documents("health_events", 240, seed=11)),
+        "maintenance_events": list(documents("maintenance_events", 40, seed=12)),
+    }
+    for name, items in docs.items():
+        database[name].insert_many([dict(d) for d in items])
+    database["health_events"].insert_one({"_id": "no-node", "healthevent": {"agent": "x"}})
+
+    code, out, err = run(schema_database, *options, "--verify", "--batch-size", "100")
+
+    assert code == 1, out + err  # the one bad document
+    assert summary(out) == {
+        "health_events": ["241", "240", "0", "1", "240"],
+        "maintenance_events": ["40", "40", "0", "0", "40"],
+    }, out
+    assert "verified" in out.splitlines()[-1], out
+    assert "health_events _id no-node: missing required field healthevent.nodename" in err
+    for table, items in docs.items():
+        rows = stored(schema_database, table)
+        for doc in items:
+            assert json_equal(rows[str(doc["_id"])], expected_json(doc))
+
+    code, out, err = run(schema_database, *options, "--collection", "maintenance_events")
+    assert code == 0, out + err
+    assert summary(out) == {"maintenance_events": ["40", "0", "40", "0", "40"]}, out
+
+
+def test_live_source_without_certificates_is_a_usage_error(
+    schema_database: PostgresDatabase,
+) -> None:
+    code, _, err = run(schema_database, "--from-mongodb", "--source-host", "localhost")
+    assert code == cli.EXIT_USAGE
+    assert "--source-cert-dir" in err
