@@ -215,6 +215,7 @@ start_apiserver() {
 		--kubelet-client-certificate="$(pki apiserver-kubelet-client.crt)" \
 		--kubelet-client-key="$(pki apiserver-kubelet-client.key)" \
 		--kubelet-certificate-authority="$(pki ca.crt)" \
+		--kubelet-preferred-address-types=InternalIP \
 		--profiling=false
 	wait_for kube-apiserver "https://127.0.0.1:${APISERVER_PORT}/readyz" "ok" \
 		--cacert "$(pki ca.crt)" --cert "$(pki admin.crt)" --key "$(pki admin.key)"

@@ -1,0 +1,795 @@
+#!/usr/bin/env bash
+# A single-node Kubernetes made of processes, without a container engine:
+# the control plane of hack/control-plane.sh (etcd, kube-apiserver,
+# kube-controller-manager on 127.0.0.1), kube-scheduler, containerd with its
+# own root, state and socket, kubelet, kube-proxy (iptables) and a CNI bridge
+# with pod and service ranges of its own. Images are local builds
+# (hack/build-images.sh) imported into containerd.
+set -euo pipefail
+
+ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN_DIR="${NVSENTINEL_BIN_DIR:-${ROOT_DIR}/.bin}"
+STATE_DIR="${NVSENTINEL_LOCAL_CLUSTER_DIR:-${ROOT_DIR}/.state/local-cluster}"
+READY_TIMEOUT_SECONDS="${NVSENTINEL_LOCAL_CLUSTER_TIMEOUT:-120}"
+CNI_BIN_DIR="${NVSENTINEL_CNI_BIN_DIR:-/usr/lib/cni}"
+POD_CIDR="10.244.0.0/24"
+SERVICE_CIDR="10.97.0.0/24"
+NODE_IP="10.244.0.1"
+DNS_IP="10.97.0.10"
+BRIDGE="nvsl0"
+NODE_NAME="nvsentinel-local"
+CGROUP_ROOT="/nvsentinel-local"
+# Metric of the 'unreachable' guard routes: higher than the bridge's own
+# route for the pod range (metric 0), which therefore wins while it exists.
+GUARD_METRIC="4242"
+MARKER=".nvsentinel-local-cluster"
+COMPONENTS=(kube-scheduler containerd kubelet kube-proxy)
+# Sysctls kubelet (and the CNI bridge) may set; down puts back what up found.
+SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
+	kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward)
+# Machine-wide directories the runtime or kubelet write into whatever their
+# configuration says; down removes the entries up's run added.
+HOST_DIRS=(/run/containerd /run/netns /var/lib/cni /var/log/containers /var/log/pods
+	/var/lib/kubelet /etc/kubernetes /usr/libexec/kubernetes)
+
+usage() {
+	cat <<EOF
+Usage: hack/local-cluster.sh up|down|kubeconfig|load-image IMAGE_TAR|--help
+
+A single-node Kubernetes 1.34 made of processes, for the e2e tier where no
+container engine exists. Needs root and the Debian packages containerd, runc,
+containernetworking-plugins, iptables, conntrack and debootstrap, and the
+binaries of hack/build-tools.sh (etcd kube-apiserver kube-controller-manager
+kube-scheduler kubelet kube-proxy kubectl helm).
+
+Commands:
+  up          start everything (or notice the running cluster), wait until
+              the node is Ready, print 'export KUBECONFIG=...'
+  down        stop every process up started; remove its containers, mounts,
+              network interfaces, iptables chains, cgroups, routes and state;
+              put back the sysctls kubelet changed
+  kubeconfig  print the admin kubeconfig path of the running cluster
+  load-image IMAGE_TAR
+              import an OCI or docker archive into the cluster's containerd
+
+Network (all of it local to this machine):
+  pod range ${POD_CIDR} on bridge ${BRIDGE} (${NODE_IP} is the node's address),
+  service range ${SERVICE_CIDR}. Before anything else up adds
+  'unreachable' routes (metric ${GUARD_METRIC}) for both ranges, so a packet for
+  them never follows the default route off the machine; the bridge's own
+  route wins while the bridge exists. down removes the routes last. The API
+  server listens on 127.0.0.1 only; kubelet listens on ${NODE_IP}, kube-proxy
+  serves node ports on ${NODE_IP} only. Reach pods from the host through
+  'kubectl port-forward' (127.0.0.1), never by dialling pod or service
+  addresses.
+
+Images: hack/build-images.sh builds them; up imports them tagged with the
+references the chart renders, and says which are local stand-ins.
+
+State: ${STATE_DIR}
+  (containerd root, state and socket, kubelet root, pod logs, certificates,
+  logs of every component in logs/).
+
+Environment:
+  NVSENTINEL_LOCAL_CLUSTER_DIR      state directory (default: .state/local-cluster)
+  NVSENTINEL_LOCAL_CLUSTER_TIMEOUT  seconds to wait for each readiness step (default: 120)
+  NVSENTINEL_BIN_DIR                where the binaries are (default: .bin)
+  NVSENTINEL_CNI_BIN_DIR            CNI plugins (default: /usr/lib/cni)
+EOF
+}
+
+log() {
+	printf '%s\n' "$*" >&2
+}
+
+die() {
+	log "local-cluster: $*"
+	exit 1
+}
+
+now() {
+	date +%s.%N
+}
+
+seconds_since() {
+	awk -v s="$1" -v e="$(now)" 'BEGIN { printf "%.1f", e - s }'
+}
+
+# step WHAT FUNCTION: run FUNCTION and log how long it took.
+step() {
+	local what="$1" start
+	start="$(now)"
+	"$2"
+	log "local-cluster: ${what} in $(seconds_since "${start}")s"
+}
+
+CONTROL_PLANE_DIR="${STATE_DIR}/control-plane"
+PKI_DIR="${STATE_DIR}/pki"
+CONTAINERD_DIR="${STATE_DIR}/containerd"
+CONTAINERD_SOCK="${CONTAINERD_DIR}/containerd.sock"
+# shellcheck source=hack/lib/pki.sh
+source "${ROOT_DIR}/hack/lib/pki.sh"
+
+control_plane() {
+	NVSENTINEL_CONTROL_PLANE_DIR="${CONTROL_PLANE_DIR}" \
+		NVSENTINEL_CONTROL_PLANE_SERVICE_CIDR="${SERVICE_CIDR}" \
+		NVSENTINEL_GUARD_SERVICE_RANGE=0 \
+		"${ROOT_DIR}/hack/control-plane.sh" "$@"
+}
+
+pid_file() {
+	echo "${STATE_DIR}/pids/$1.pid"
+}
+
+log_file() {
+	echo "${STATE_DIR}/logs/$1.log"
+}
+
+kubeconfig_path() {
+	echo "${CONTROL_PLANE_DIR}/kubeconfig"
+}
+
+kubectl() {
+	"${BIN_DIR}/kubectl" --kubeconfig="$(kubeconfig_path)" "$@"
+}
+
+ctr_() {
+	ctr --address "${CONTAINERD_SOCK}" --namespace k8s.io "$@"
+}
+
+# component_pid NAME: the pid of a running component of this state directory.
+component_pid() {
+	local name="$1" pid
+	[[ -f "$(pid_file "${name}")" ]] || return 0
+	pid="$(cat "$(pid_file "${name}")")"
+	[[ "${pid}" =~ ^[0-9]+$ ]] || return 0
+	if [[ -r "/proc/${pid}/cmdline" ]] && tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -qF -- "${STATE_DIR}/"; then
+		echo "${pid}"
+	fi
+}
+
+# start NAME PROGRAM ARGS...: start a component in its own session.
+start() {
+	local name="$1"
+	shift
+	setsid "$@" </dev/null >"$(log_file "${name}")" 2>&1 9>&- &
+	echo "$!" >"$(pid_file "${name}")"
+}
+
+fail_component() {
+	local name="$1" reason="$2"
+	log "local-cluster: ${name} ${reason}; last lines of $(log_file "${name}"):"
+	tail -n 40 "$(log_file "${name}")" >&2 || true
+	exit 1
+}
+
+# wait_until NAME WHAT COMMAND...: poll COMMAND until it succeeds while NAME runs.
+wait_until() {
+	local name="$1" what="$2" deadline
+	shift 2
+	deadline=$((SECONDS + READY_TIMEOUT_SECONDS))
+	while ((SECONDS < deadline)); do
+		[[ -n "$(component_pid "${name}")" ]] || fail_component "${name}" "exited"
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.5
+	done
+	fail_component "${name}" "did not get ${what} within ${READY_TIMEOUT_SECONDS}s"
+}
+
+require_tools() {
+	local name
+	[[ "$(id -u)" == 0 ]] || die "needs root (containerd, kubelet, iptables, routes)"
+	for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm; do
+		[[ -x "${BIN_DIR}/${name}" ]] || die "${BIN_DIR}/${name} is missing; run hack/build-tools.sh"
+	done
+	for name in containerd containerd-shim-runc-v2 runc ctr iptables ip6tables conntrack ip openssl python3; do
+		command -v "${name}" >/dev/null || die "${name} is not installed (Debian: containerd runc iptables conntrack iproute2)"
+	done
+	for name in bridge host-local loopback; do
+		[[ -x "${CNI_BIN_DIR}/${name}" ]] || die "CNI plugin ${CNI_BIN_DIR}/${name} is missing (Debian: containernetworking-plugins)"
+	done
+	[[ -d /sys/fs/cgroup/memory ]] || die "kubelet 1.34 here is set up for cgroup v1 (no /sys/fs/cgroup/memory)"
+}
+
+# --- machine state: what up finds, so that down can put it back --------------
+
+record_baseline() {
+	local file="${STATE_DIR}/baseline" key dir
+	[[ -f "${file}/done" ]] && return 0
+	mkdir -p "${file}"
+	for key in "${SYSCTLS[@]}"; do
+		[[ -r "/proc/sys/${key}" ]] && printf '%s %s\n' "${key}" "$(cat "/proc/sys/${key}")"
+	done >"${file}/sysctls"
+	for dir in "${HOST_DIRS[@]}"; do
+		if [[ -d "${dir}" ]]; then
+			echo "${dir}"
+			find "${dir}" -mindepth 1 -maxdepth 1 -printf '%p\n'
+		else
+			echo "absent ${dir}"
+		fi
+	done >"${file}/paths"
+	iptables_chains iptables >"${file}/iptables-chains"
+	iptables_chains ip6tables >"${file}/ip6tables-chains"
+	touch "${file}/done"
+}
+
+# iptables_chains CMD: 'TABLE CHAIN' for every chain of CMD's tables.
+iptables_chains() {
+	local table
+	for table in filter nat mangle raw; do
+		"$1" -w -t "${table}" -S 2>/dev/null | awk -v t="${table}" '$1 == "-N" || $1 == "-P" { print t, $2 }'
+	done
+}
+
+# guard_ranges: 'unreachable' routes for the pod and service ranges.
+guard_ranges() {
+	local cidr
+	for cidr in "${POD_CIDR}" "${SERVICE_CIDR}"; do
+		if ip route show "${cidr}" | grep -v "metric ${GUARD_METRIC}" | grep -v "dev ${BRIDGE}" | grep -q .; then
+			die "this machine already routes ${cidr} ($(ip route show "${cidr}" | head -n1)); not starting"
+		fi
+		if ! ip route show "${cidr}" | grep -q "^unreachable ${cidr} .*metric ${GUARD_METRIC}"; then
+			ip route add unreachable "${cidr}" metric "${GUARD_METRIC}"
+			log "local-cluster: added route 'unreachable ${cidr} metric ${GUARD_METRIC}'"
+		fi
+	done
+	touch "${STATE_DIR}/range-guards"
+}
+
+unguard_ranges() {
+	local cidr
+	for cidr in "${POD_CIDR}" "${SERVICE_CIDR}"; do
+		ip route del unreachable "${cidr}" metric "${GUARD_METRIC}" 2>/dev/null || true
+	done
+}
+
+# make_bridge: the pods' bridge with the node's address, made before kubelet
+# starts (kubelet checks that the node address is on this machine).
+make_bridge() {
+	if ! ip link show "${BRIDGE}" >/dev/null 2>&1; then
+		ip link add "${BRIDGE}" type bridge
+	fi
+	touch "${STATE_DIR}/bridge"
+	if ! ip -4 addr show dev "${BRIDGE}" | grep -q "inet ${NODE_IP}/"; then
+		ip addr add "${NODE_IP}/${POD_CIDR#*/}" dev "${BRIDGE}"
+	fi
+	ip link set "${BRIDGE}" up
+}
+
+make_cgroup_root() {
+	local hierarchy
+	for hierarchy in /sys/fs/cgroup/*/; do
+		[[ -f "${hierarchy}cgroup.procs" && "${hierarchy}" != */unified/ ]] || continue
+		mkdir -p "${hierarchy%/}${CGROUP_ROOT}"
+	done
+}
+
+# --- certificates and configuration ------------------------------------------
+
+generate_node_certificates() {
+	mkdir -p "${PKI_DIR}"
+	chmod 700 "${PKI_DIR}"
+	# The node's components use the control plane's CA.
+	cp "${CONTROL_PLANE_DIR}/pki/ca.crt" "${CONTROL_PLANE_DIR}/pki/ca.key" "${PKI_DIR}/"
+	sign kubelet "/O=system:nodes/CN=system:node:${NODE_NAME}" "${PKI_CLIENT_EXTENSIONS}"
+	sign kubelet-serving "/O=system:nodes/CN=system:node:${NODE_NAME}" "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:${NODE_IP},DNS:${NODE_NAME}"
+	sign kube-scheduler "/CN=system:kube-scheduler" "${PKI_CLIENT_EXTENSIONS}"
+	sign kube-proxy "/CN=system:kube-proxy" "${PKI_CLIENT_EXTENSIONS}"
+	sign coredns "/CN=nvsentinel-local:coredns" "${PKI_CLIENT_EXTENSIONS}"
+	rm -f "${PKI_DIR}/ca.key"
+}
+
+api_server_url() {
+	awk '$1 == "server:" { print $2; exit }' "$(kubeconfig_path)"
+}
+
+write_containerd_config() {
+	mkdir -p "${CONTAINERD_DIR}" "${STATE_DIR}/cni/net.d" "${STATE_DIR}/cni/ipam"
+	cat >"${CONTAINERD_DIR}/config.toml" <<EOF
+version = 2
+root = "${CONTAINERD_DIR}/root"
+state = "${CONTAINERD_DIR}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
+
+[grpc]
+  address = "${CONTAINERD_SOCK}"
+
+[ttrpc]
+  address = ""
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "${CONTAINERD_DIR}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$(refs_of pause | head -n1)"
+  disable_apparmor = true
+  # No CAP_SYS_RESOURCE here (some VMs and containers): containers may not get
+  # an oom_score_adj below containerd's own, or runc fails to start them.
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "${CNI_BIN_DIR}"
+    conf_dir = "${STATE_DIR}/cni/net.d"
+    max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "$(command -v runc)"
+        Root = "${CONTAINERD_DIR}/runc"
+        SystemdCgroup = false
+EOF
+	# Pods get the pod range on the bridge, and one route: the service range
+	# through the node (kube-proxy translates it there). No default route and
+	# no masquerading: nothing from a pod is meant to leave the machine.
+	cat >"${STATE_DIR}/cni/net.d/10-nvsentinel-local.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "nvsentinel-local",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "${BRIDGE}",
+      "isGateway": false,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "${STATE_DIR}/cni/ipam",
+        "ranges": [[{"subnet": "${POD_CIDR}", "rangeStart": "${POD_CIDR%.*}.10", "gateway": "${NODE_IP}"}]],
+        "routes": [{"dst": "${SERVICE_CIDR}", "gw": "${NODE_IP}"}]
+      }
+    }
+  ]
+}
+EOF
+}
+
+start_containerd() {
+	write_containerd_config
+	start containerd containerd --config "${CONTAINERD_DIR}/config.toml" --log-level warn
+	wait_until containerd "its socket answering" ctr --address "${CONTAINERD_SOCK}" version
+}
+
+# --- images -------------------------------------------------------------------
+
+# chart_refs: 'IMAGE REF' for every image the chart renders that a local
+# build stands in for (busybox -> shell, postgres -> postgresql), with the
+# name containerd gives the reference.
+chart_refs() {
+	local values
+	for values in values-postgresql.yaml values-tilt-postgresql.yaml; do
+		"${BIN_DIR}/helm" template nvsentinel "${ROOT_DIR}/charts/nvsentinel" -f "${ROOT_DIR}/${values}" |
+			sed -n 's/^[[:space:]]*image:[[:space:]]*"\{0,1\}\([^"]*\)"\{0,1\}[[:space:]]*$/\1/p'
+	done | sort -u | while read -r ref; do
+		local repo="${ref%:*}" image=""
+		case "${repo##*/}" in
+			busybox) image=shell ;;
+			postgres) image=postgresql ;;
+		esac
+		[[ -n "${image}" ]] || continue
+		# A Docker Hub name without a namespace lives under library/.
+		if [[ "${repo}" =~ ^docker\.io/[^/]+$ ]]; then
+			ref="docker.io/library/${ref#docker.io/}"
+		fi
+		echo "${image} ${ref}"
+	done
+}
+
+refs_of() {
+	if [[ "$1" == pause ]]; then
+		"${ROOT_DIR}/hack/build-images.sh" --help | sed -n 's/.*reference \(localhost\/[^ ]*\)$/\1/p'
+		return 0
+	fi
+	awk -v img="$1" '$1 == img { print $2 }' "${STATE_DIR}/image-refs"
+}
+
+build_images() {
+	chart_refs >"${STATE_DIR}/image-refs"
+	"${ROOT_DIR}/hack/build-images.sh" --refs-file "${STATE_DIR}/image-refs" pause shell postgresql \
+		>"${STATE_DIR}/image-archives"
+}
+
+import_images() {
+	local archive image
+	while read -r archive; do
+		ctr_ images import --snapshotter overlayfs "${archive}" >/dev/null
+	done <"${STATE_DIR}/image-archives"
+	for image in shell postgresql; do
+		refs_of "${image}" | while read -r ref; do
+			log "local-cluster: image ${ref} is a LOCAL BUILD standing in for the published one ($(describe_image "${image}"))"
+		done
+	done
+}
+
+describe_image() {
+	case "$1" in
+		shell) echo "Debian busybox-static" ;;
+		postgresql) echo "Debian bookworm postgresql-15: PostgreSQL 15, not the tag's version" ;;
+	esac
+}
+
+# --- node components ----------------------------------------------------------
+
+write_kubelet_config() {
+	local dir="${STATE_DIR}/kubelet"
+	mkdir -p "${dir}/root" "${STATE_DIR}/pod-logs" "${dir}/volume-plugins"
+	write_kubeconfig "${dir}/kubeconfig" "$(api_server_url)" kubelet
+	: >"${dir}/resolv.conf"
+	cat >"${dir}/config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: ${NODE_IP}
+port: ${KUBELET_PORT}
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: ${KUBELET_HEALTHZ_PORT}
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: $(pki ca.crt)
+authorization:
+  mode: Webhook
+tlsCertFile: $(pki kubelet-serving.crt)
+tlsPrivateKeyFile: $(pki kubelet-serving.key)
+cgroupDriver: cgroupfs
+cgroupRoot: ${CGROUP_ROOT}
+containerRuntimeEndpoint: unix://${CONTAINERD_SOCK}
+clusterDomain: cluster.local
+clusterDNS: [${DNS_IP}]
+resolvConf: ${dir}/resolv.conf
+failSwapOn: false
+podLogsDir: ${STATE_DIR}/pod-logs
+volumePluginDir: ${dir}/volume-plugins
+imageGCHighThresholdPercent: 100
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1%
+  imagefs.available: 1%
+  nodefs.inodesFree: 1%
+serializeImagePulls: false
+registerNode: true
+EOF
+}
+
+start_kubelet() {
+	write_kubelet_config
+	start kubelet "${BIN_DIR}/kubelet" \
+		--config="${STATE_DIR}/kubelet/config.yaml" \
+		--kubeconfig="${STATE_DIR}/kubelet/kubeconfig" \
+		--root-dir="${STATE_DIR}/kubelet/root" \
+		--cert-dir="${STATE_DIR}/kubelet/pki" \
+		--hostname-override="${NODE_NAME}" \
+		--node-ip="${NODE_IP}" \
+		--v=1
+	wait_until kubelet "node ${NODE_NAME} Ready" \
+		kubectl wait --for=condition=Ready --timeout=2s "node/${NODE_NAME}"
+}
+
+start_scheduler() {
+	write_kubeconfig "${STATE_DIR}/kube-scheduler.kubeconfig" "$(api_server_url)" kube-scheduler
+	start kube-scheduler "${BIN_DIR}/kube-scheduler" \
+		--kubeconfig="${STATE_DIR}/kube-scheduler.kubeconfig" \
+		--authentication-kubeconfig="${STATE_DIR}/kube-scheduler.kubeconfig" \
+		--authorization-kubeconfig="${STATE_DIR}/kube-scheduler.kubeconfig" \
+		--bind-address=127.0.0.1 \
+		--secure-port="${SCHEDULER_PORT}" \
+		--leader-elect=false
+	wait_until kube-scheduler "healthy" \
+		curl --silent --fail --insecure "https://127.0.0.1:${SCHEDULER_PORT}/healthz"
+}
+
+start_kube_proxy() {
+	write_kubeconfig "${STATE_DIR}/kube-proxy.kubeconfig" "$(api_server_url)" kube-proxy
+	cat >"${STATE_DIR}/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+hostnameOverride: ${NODE_NAME}
+bindAddress: 127.0.0.1
+healthzBindAddress: 127.0.0.1:${PROXY_HEALTHZ_PORT}
+metricsBindAddress: 127.0.0.1:${PROXY_METRICS_PORT}
+clusterCIDR: ${POD_CIDR}
+nodePortAddresses: ["${NODE_IP}/32"]
+clientConnection:
+  kubeconfig: ${STATE_DIR}/kube-proxy.kubeconfig
+iptables:
+  localhostNodePorts: false
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+  udpTimeout: 0s
+  udpStreamTimeout: 0s
+EOF
+	start kube-proxy "${BIN_DIR}/kube-proxy" --config="${STATE_DIR}/kube-proxy.yaml"
+	wait_until kube-proxy "healthy" curl --silent --fail "http://127.0.0.1:${PROXY_HEALTHZ_PORT}/healthz"
+}
+
+choose_ports() {
+	read -r KUBELET_PORT KUBELET_HEALTHZ_PORT SCHEDULER_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT <<<"$(free_ports 5)"
+	printf '%s\n' "KUBELET_PORT=${KUBELET_PORT}" "KUBELET_HEALTHZ_PORT=${KUBELET_HEALTHZ_PORT}" \
+		"SCHEDULER_PORT=${SCHEDULER_PORT}" "PROXY_HEALTHZ_PORT=${PROXY_HEALTHZ_PORT}" \
+		"PROXY_METRICS_PORT=${PROXY_METRICS_PORT}" >"${STATE_DIR}/ports.env"
+}
+
+# --- down ---------------------------------------------------------------------
+
+# stop_component NAME: TERM, then KILL after 10s.
+stop_component() {
+	local pid i
+	pid="$(component_pid "$1")"
+	rm -f "$(pid_file "$1")"
+	[[ -n "${pid}" ]] || return 0
+	kill -TERM "${pid}" 2>/dev/null || true
+	for ((i = 0; i < 100; i++)); do
+		[[ -d "/proc/${pid}" ]] || return 0
+		sleep 0.1
+	done
+	kill -KILL "${pid}" 2>/dev/null || true
+}
+
+# remove_pods: let kubelet stop every pod (CNI teardown, volume unmounts).
+remove_pods() {
+	[[ -n "$(component_pid kubelet)" && -f "$(kubeconfig_path)" ]] || return 0
+	kubectl delete pods --all --all-namespaces --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
+	local deadline=$((SECONDS + 30))
+	while ((SECONDS < deadline)); do
+		[[ -z "$(ctr_ tasks ls -q 2>/dev/null)" ]] && return 0
+		sleep 1
+	done
+}
+
+# kill_containers: whatever kubelet left running, killed through containerd.
+kill_containers() {
+	local id
+	[[ -n "$(component_pid containerd)" ]] || return 0
+	for id in $(ctr_ tasks ls -q 2>/dev/null); do
+		ctr_ tasks kill --signal SIGKILL "${id}" >/dev/null 2>&1 || true
+	done
+	sleep 1
+	for id in $(ctr_ tasks ls -q 2>/dev/null); do
+		ctr_ tasks delete --force "${id}" >/dev/null 2>&1 || true
+	done
+}
+
+# kill_shims: runtime shims of this containerd (they outlive it by design).
+kill_shims() {
+	local pid
+	for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address ${CONTAINERD_SOCK}" || true); do
+		pkill -KILL --parent "${pid}" 2>/dev/null || true
+		kill -KILL "${pid}" 2>/dev/null || true
+	done
+}
+
+# unmount_under PREFIX: unmount every mount at or below PREFIX, deepest first.
+unmount_under() {
+	local prefix="$1" mountpoint
+	while read -r mountpoint; do
+		umount "${mountpoint}" 2>/dev/null || umount -l "${mountpoint}" 2>/dev/null || true
+	done < <(awk -v p="${prefix}" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+}
+
+# remove_host_entries: entries up's run added to machine-wide directories.
+remove_host_entries() {
+	local paths="${STATE_DIR}/baseline/paths" dir entry
+	[[ -f "${paths}" ]] || return 0
+	for dir in "${HOST_DIRS[@]}"; do
+		if grep -qxF "absent ${dir}" "${paths}"; then
+			[[ -e "${dir}" ]] || continue
+			unmount_under "${dir}/"
+			rm -rf "${dir}"
+			continue
+		fi
+		[[ -d "${dir}" ]] || continue
+		while read -r entry; do
+			grep -qxF "${entry}" "${paths}" && continue
+			unmount_under "${entry}"
+			rm -rf "${entry}"
+		done < <(find "${dir}" -mindepth 1 -maxdepth 1 -printf '%p\n')
+	done
+}
+
+restore_sysctls() {
+	local file="${STATE_DIR}/baseline/sysctls" key value
+	[[ -f "${file}" ]] || return 0
+	while read -r key value; do
+		[[ "$(cat "/proc/sys/${key}" 2>/dev/null)" == "${value}" ]] && continue
+		echo "${value}" >"/proc/sys/${key}" 2>/dev/null || log "local-cluster: could not restore ${key}=${value}"
+	done <"${file}"
+}
+
+# remove_chains CMD: delete chains of CMD's tables that up's run added, and
+# the rules of the other chains that jump to them.
+remove_chains() {
+	local cmd="$1" baseline="${STATE_DIR}/baseline/$1-chains" table chain rule new=()
+	[[ -f "${baseline}" ]] || return 0
+	while read -r table chain; do
+		grep -qxF "${table} ${chain}" "${baseline}" || new+=("${table} ${chain}")
+	done < <(iptables_chains "${cmd}")
+	((${#new[@]} > 0)) || return 0
+	for entry in "${new[@]}"; do
+		read -r table chain <<<"${entry}"
+		while read -r rule; do
+			# shellcheck disable=SC2086 # the rule is a list of arguments
+			"${cmd}" -w -t "${table}" ${rule/#-A/-D} 2>/dev/null || true
+		done < <("${cmd}" -w -t "${table}" -S 2>/dev/null | grep -E -- "^-A .* -j ${chain}( |$)" || true)
+	done
+	for entry in "${new[@]}"; do
+		read -r table chain <<<"${entry}"
+		"${cmd}" -w -t "${table}" -F "${chain}" 2>/dev/null || true
+	done
+	for entry in "${new[@]}"; do
+		read -r table chain <<<"${entry}"
+		"${cmd}" -w -t "${table}" -X "${chain}" 2>/dev/null || true
+	done
+}
+
+remove_network() {
+	local link
+	if [[ -f "${STATE_DIR}/bridge" ]] && ip link show "${BRIDGE}" >/dev/null 2>&1; then
+		for link in $(ip -o link show master "${BRIDGE}" | awk -F': ' '{ print $2 }' | cut -d@ -f1); do
+			ip link del "${link}" 2>/dev/null || true
+		done
+		ip link del "${BRIDGE}"
+	fi
+}
+
+remove_cgroups() {
+	local hierarchy
+	for hierarchy in /sys/fs/cgroup/*/; do
+		[[ -d "${hierarchy%/}${CGROUP_ROOT}" ]] || continue
+		find "${hierarchy%/}${CGROUP_ROOT}" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+	done
+}
+
+stop_everything() {
+	remove_pods
+	stop_component kube-proxy
+	stop_component kubelet
+	kill_containers
+	stop_component kube-scheduler
+	stop_component containerd
+	kill_shims
+	if [[ -f "${STATE_DIR}/baseline/done" ]]; then
+		"${BIN_DIR}/kube-proxy" --cleanup >/dev/null 2>&1 || true
+		remove_chains iptables
+		remove_chains ip6tables
+	fi
+	unmount_under "${STATE_DIR}/"
+	remove_host_entries
+	remove_network
+	remove_cgroups
+	restore_sysctls
+	[[ -d "${CONTROL_PLANE_DIR}" ]] && control_plane down 2>/dev/null
+	return 0
+}
+
+# --- commands -----------------------------------------------------------------
+
+take_lock() {
+	mkdir -p "$(dirname "${STATE_DIR}")"
+	exec 9>"${STATE_DIR%/}.lock"
+	flock -w $((READY_TIMEOUT_SECONDS + 60)) 9
+}
+
+is_running() {
+	local name
+	[[ -f "${STATE_DIR}/ready" ]] || return 1
+	for name in "${COMPONENTS[@]}"; do
+		[[ -n "$(component_pid "${name}")" ]] || return 1
+	done
+	control_plane kubeconfig >/dev/null 2>&1 || return 1
+	kubectl wait --for=condition=Ready --timeout=30s "node/${NODE_NAME}" >/dev/null 2>&1
+}
+
+on_up_exit() {
+	if [[ "${UP_DONE:-0}" != 1 ]]; then
+		log "local-cluster: up failed; logs are in ${STATE_DIR}/logs (hack/local-cluster.sh down cleans up)"
+	fi
+}
+
+cmd_up() {
+	local start_time
+	[[ "$(id -u)" == 0 ]] || die "needs root"
+	take_lock || die "another hack/local-cluster.sh holds ${STATE_DIR%/}.lock"
+	if [[ -d "${STATE_DIR}" ]] && is_running; then
+		log "local-cluster: already running (state in ${STATE_DIR})"
+		echo "export KUBECONFIG=$(kubeconfig_path)"
+		return 0
+	fi
+	require_tools
+	start_time="$(now)"
+	if [[ -f "${STATE_DIR}/${MARKER}" ]]; then
+		log "local-cluster: cleaning up a stopped cluster first"
+		stop_everything
+		unguard_ranges
+		rm -rf "${STATE_DIR}"
+	fi
+	mkdir -p "${STATE_DIR}/pids" "${STATE_DIR}/logs"
+	touch "${STATE_DIR}/${MARKER}"
+	trap on_up_exit EXIT
+	guard_ranges
+	record_baseline
+	make_bridge
+	make_cgroup_root
+	step "control plane up" control_plane_up
+	choose_ports
+	step "node certificates" generate_node_certificates
+	step "images built (or cached)" build_images
+	step "containerd ready" start_containerd
+	step "images imported" import_images
+	step "kube-scheduler healthy" start_scheduler
+	step "node Ready" start_kubelet
+	step "kube-proxy healthy" start_kube_proxy
+	touch "${STATE_DIR}/ready"
+	UP_DONE=1
+	log "local-cluster: up in $(seconds_since "${start_time}")s (state in ${STATE_DIR})"
+	echo "export KUBECONFIG=$(kubeconfig_path)"
+}
+
+control_plane_up() {
+	control_plane up >/dev/null
+}
+
+cmd_down() {
+	[[ "$(id -u)" == 0 ]] || die "needs root"
+	if [[ ! -d "${STATE_DIR}" ]]; then
+		unguard_ranges
+		log "local-cluster: nothing to stop (no ${STATE_DIR})"
+		return 0
+	fi
+	[[ -f "${STATE_DIR}/${MARKER}" ]] || die "${STATE_DIR} was not made by this script; not touching it"
+	take_lock || log "local-cluster: ${STATE_DIR%/}.lock is held; stopping anyway"
+	stop_everything
+	rm -rf "${STATE_DIR}"
+	rm -f "${STATE_DIR%/}.lock"
+	unguard_ranges
+	log "local-cluster: stopped; ${STATE_DIR} removed, routes removed"
+}
+
+cmd_kubeconfig() {
+	is_running || die "no local cluster is running in ${STATE_DIR}; run hack/local-cluster.sh up"
+	kubeconfig_path
+}
+
+cmd_load_image() {
+	local archive="${1:-}"
+	[[ -f "${archive}" ]] || die "load-image needs an image archive (got '${archive}')"
+	[[ -n "$(component_pid containerd)" ]] || die "the cluster's containerd is not running; run up first"
+	ctr_ images import --snapshotter overlayfs "${archive}"
+}
+
+main() {
+	case "${1:-}" in
+		up) cmd_up ;;
+		down) cmd_down ;;
+		kubeconfig) cmd_kubeconfig ;;
+		load-image) cmd_load_image "${2:-}" ;;
+		-h | --help | help) usage ;;
+		"")
+			usage >&2
+			exit 2
+			;;
+		*) die "unknown command '$1' (see --help)" ;;
+	esac
+}
+
+main "$@"
