@@ -24,6 +24,104 @@ SET row_security = off;
 -- *not* creating schema, since initdb creates it
 
 --
+-- Name: datastore_adopt_restore(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.datastore_adopt_restore() RETURNS TABLE(adopted boolean, rebased_changes bigint, rebased_consumers bigint, epoch bigint)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+DECLARE
+    here bigint;
+    p xid8;
+    base bigint;
+    n_changes bigint;
+    n_consumers bigint;
+    new_epoch bigint;
+    restored_age integer;
+BEGIN
+    SELECT s.system_identifier INTO here FROM pg_control_system() AS s;
+    PERFORM 1 FROM public.datastore_epoch AS e WHERE e.system_identifier = here;
+    IF FOUND THEN
+        -- Same server: its positions are already this server's transaction ids.
+        RETURN QUERY SELECT false, 0::bigint, 0::bigint, e.epoch FROM public.datastore_epoch AS e;
+        RETURN;
+    END IF;
+    LOCK TABLE public.health_events, public.maintenance_events, public.datastore_changelog,
+               public.datastore_changelog_pruned, public.resume_tokens, public.datastore_epoch
+        IN ACCESS EXCLUSIVE MODE;
+    -- Every rebased position is this transaction's id: below every later
+    -- transaction's, and final once this one commits. The order inside it is
+    -- the change id, renumbered above every existing id: first the restored
+    -- changes in their old (position_txid, id) order, then those written on
+    -- this server since the restore (their positions are this server's ids and
+    -- cannot be compared with the restored ones). Restored rows are those
+    -- pg_restore wrote: not younger than the restored datastore_epoch row
+    -- (one transaction with --single-transaction, as documented).
+    p := pg_current_xact_id();
+    SELECT coalesce(max(l.id), 0) INTO base FROM public.datastore_changelog AS l;
+    SELECT age(e.xmin) INTO restored_age FROM public.datastore_epoch AS e;
+
+    CREATE TEMPORARY TABLE nvs_rebase ON COMMIT DROP AS
+    SELECT l.id AS old_id, l.position_txid AS old_txid, l.collection,
+           age(l.xmin) >= restored_age AS restored,
+           base + row_number() OVER (
+               ORDER BY age(l.xmin) >= restored_age DESC, l.position_txid, l.id) AS new_id
+      FROM public.datastore_changelog AS l;
+
+    -- Consumers first (they look up the old positions): the last restored change
+    -- at or before the token; before all of them when none is (at the pruned
+    -- frontier or past it: kept below the new frontier, so still history lost).
+    UPDATE public.resume_tokens AS t
+       SET position_txid = CASE WHEN m.lost THEN '0'::xid8 ELSE p END,
+           change_id = CASE WHEN m.lost THEN 0 ELSE coalesce(m.last_id, base) END
+      FROM (
+          SELECT t2.client_owner, t2.client_name, t2.collection,
+                 (SELECT max(r.new_id) FROM nvs_rebase AS r
+                   WHERE r.restored AND r.collection = t2.collection
+                     AND (r.old_txid, r.old_id) <= (t2.position_txid, t2.change_id)) AS last_id,
+                 coalesce((t2.position_txid, t2.change_id) < (f.position_txid, f.id), false)
+                     AS lost
+            FROM public.resume_tokens AS t2
+            LEFT JOIN public.datastore_changelog_pruned AS f ON f.collection = t2.collection
+      ) AS m
+     WHERE (t.client_owner, t.client_name, t.collection)
+         = (m.client_owner, m.client_name, m.collection);
+    GET DIAGNOSTICS n_consumers = ROW_COUNT;
+
+    UPDATE public.datastore_changelog AS l
+       SET id = r.new_id, position_txid = p
+      FROM nvs_rebase AS r
+     WHERE l.id = r.old_id;
+    GET DIAGNOSTICS n_changes = ROW_COUNT;
+    -- Each collection's retained changes start right after (p, base).
+    UPDATE public.datastore_changelog_pruned SET position_txid = p, id = base;
+    PERFORM setval(pg_get_serial_sequence('public.datastore_changelog', 'id'),
+                   greatest(base + n_changes, 1));
+
+    -- The next change of a restored document is positioned after p, not after
+    -- its old position. Plain column rewrite: no extraction, no capture.
+    ALTER TABLE public.health_events DISABLE TRIGGER USER;
+    ALTER TABLE public.maintenance_events DISABLE TRIGGER USER;
+    UPDATE public.health_events SET change_position_txid = p;
+    UPDATE public.maintenance_events SET change_position_txid = p;
+    ALTER TABLE public.health_events ENABLE TRIGGER USER;
+    ALTER TABLE public.maintenance_events ENABLE TRIGGER USER;
+
+    new_epoch := 1 + floor(random() * 4503599627370495)::bigint;
+    UPDATE public.datastore_epoch AS e
+       SET epoch = new_epoch, system_identifier = here, adopted_at = now();
+    RETURN QUERY SELECT true, n_changes, n_consumers, new_epoch;
+END
+$$;
+
+--
+-- Name: FUNCTION datastore_adopt_restore(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.datastore_adopt_restore() IS 'After pg_restore onto another server: rebase change positions onto this server''s transaction ids and start a new token epoch';
+
+--
 -- Name: datastore_capture_delete(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -168,6 +266,30 @@ $$;
 --
 
 COMMENT ON FUNCTION public.datastore_changelog_prune(max_age interval) IS 'Expire consumers silent for max_age, then delete changes older than max_age that every live consumer has passed';
+
+--
+-- Name: datastore_changelog_stats(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.datastore_changelog_stats() RETURNS TABLE(collection text, changes bigint, oldest_change_at timestamp with time zone, held_back_changes bigint, oldest_held_back_at timestamp with time zone)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+    SELECT c.collection, count(l.id), min(l.changed_at),
+           count(l.id) FILTER (WHERE l.position_txid >= pg_snapshot_xmin(pg_current_snapshot())),
+           min(l.changed_at)
+               FILTER (WHERE l.position_txid >= pg_snapshot_xmin(pg_current_snapshot()))
+      FROM (VALUES ('health_events'), ('maintenance_events')) AS c (collection)
+      LEFT JOIN public.datastore_changelog AS l ON l.collection = c.collection
+     GROUP BY c.collection
+     ORDER BY c.collection
+$$;
+
+--
+-- Name: FUNCTION datastore_changelog_stats(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.datastore_changelog_stats() IS 'Per collection: retained changes, the oldest, and committed changes held back by an older open transaction';
 
 --
 -- Name: datastore_consumer_lag(); Type: FUNCTION; Schema: public; Owner: -
@@ -466,6 +588,25 @@ CREATE TABLE public.datastore_changelog_pruned (
 );
 
 --
+-- Name: datastore_epoch; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.datastore_epoch (
+    singleton boolean DEFAULT true NOT NULL,
+    epoch bigint NOT NULL,
+    system_identifier bigint NOT NULL,
+    adopted_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT datastore_epoch_epoch_check CHECK ((epoch > 0)),
+    CONSTRAINT datastore_epoch_singleton_check CHECK (singleton)
+);
+
+--
+-- Name: TABLE datastore_epoch; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.datastore_epoch IS 'The server whose transaction ids the change positions use, and the epoch resume tokens carry';
+
+--
 -- Name: health_events; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -582,6 +723,13 @@ ALTER TABLE ONLY public.datastore_changelog
 
 ALTER TABLE ONLY public.datastore_changelog_pruned
     ADD CONSTRAINT datastore_changelog_pruned_pkey PRIMARY KEY (collection);
+
+--
+-- Name: datastore_epoch datastore_epoch_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.datastore_epoch
+    ADD CONSTRAINT datastore_epoch_pkey PRIMARY KEY (singleton);
 
 --
 -- Name: health_events health_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -763,10 +911,22 @@ ALTER TABLE public.resume_tokens ENABLE ROW LEVEL SECURITY;
 CREATE POLICY resume_tokens_own_rows ON public.resume_tokens TO nvsentinel_app USING ((client_owner = CURRENT_USER)) WITH CHECK ((client_owner = CURRENT_USER));
 
 --
+-- Name: resume_tokens resume_tokens_read_all_data; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY resume_tokens_read_all_data ON public.resume_tokens FOR SELECT TO pg_read_all_data USING (true);
+
+--
 -- Name: SCHEMA public; Type: ACL; Schema: -; Owner: -
 --
 
 GRANT USAGE ON SCHEMA public TO nvsentinel_app;
+
+--
+-- Name: FUNCTION datastore_adopt_restore(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.datastore_adopt_restore() FROM PUBLIC;
 
 --
 -- Name: FUNCTION datastore_capture_delete(); Type: ACL; Schema: public; Owner: -
@@ -794,11 +954,20 @@ REVOKE ALL ON FUNCTION public.datastore_changelog_prune(max_age interval) FROM P
 GRANT ALL ON FUNCTION public.datastore_changelog_prune(max_age interval) TO nvsentinel_app;
 
 --
+-- Name: FUNCTION datastore_changelog_stats(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.datastore_changelog_stats() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.datastore_changelog_stats() TO nvsentinel_app;
+GRANT ALL ON FUNCTION public.datastore_changelog_stats() TO pg_monitor;
+
+--
 -- Name: FUNCTION datastore_consumer_lag(); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.datastore_consumer_lag() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.datastore_consumer_lag() TO nvsentinel_app;
+GRANT ALL ON FUNCTION public.datastore_consumer_lag() TO pg_monitor;
 
 --
 -- Name: TABLE datastore_changelog; Type: ACL; Schema: public; Owner: -
@@ -811,6 +980,12 @@ GRANT SELECT ON TABLE public.datastore_changelog TO nvsentinel_app;
 --
 
 GRANT SELECT ON TABLE public.datastore_changelog_pruned TO nvsentinel_app;
+
+--
+-- Name: TABLE datastore_epoch; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.datastore_epoch TO nvsentinel_app;
 
 --
 -- Name: TABLE health_events; Type: ACL; Schema: public; Owner: -

@@ -65,8 +65,9 @@ arrive in version order; each change once per stream.
 Resume tokens and history
 =========================
 
-An event's ``_id`` is its position ``{"_data": hex(position_txid) + hex(id)}``
-(32 lower-case hex digits, ordered like positions). ``resume_token`` is the
+An event's ``_id`` is its position and the store's epoch
+``{"_data": hex(position_txid) + hex(id) + hex(epoch)}`` (48 lower-case hex
+digits, 16 each; tokens of one epoch order like positions). ``resume_token`` is the
 position after the last event returned (or past the changes filtered out). A
 consumer stores it under its ``client_name`` in ``resume_tokens``;
 ``datastore_changelog_prune`` deletes only changes at or below every live
@@ -75,6 +76,16 @@ deleted (``datastore_changelog_pruned``). A stream whose position is below that
 frontier raises :class:`~nvsentinel_store.errors.HistoryLostError` -- at open
 and at every poll (the frontier is read in the same snapshot as the rows) --
 and never skips ahead on its own. ``from_beginning`` starts at the frontier.
+
+Backup and restore: positions are transaction ids of the server that wrote
+them, and a server restored from ``pg_dump`` counts its own. Table
+``datastore_epoch`` (migration 0004) names the server the positions belong to
+(``system_identifier``) and a random epoch. On every new connection a stream
+checks that it runs on that server; on another (a restore that was not
+adopted yet) it raises :class:`~nvsentinel_store.errors.HistoryLostError`
+instead of misreading positions. ``datastore_adopt_restore()`` rebases the
+stored positions (consumers keep their place) and draws a new epoch, so a
+token handed out before the restore is refused, never misread.
 Starting "now" means at ``(horizon, 0)``: every change committed after the
 stream opened is delivered, and so may be a few committed just before (those
 whose ids are above a transaction that was still running).
@@ -131,7 +142,7 @@ from nvsentinel_store.store import (
     WatchOptions,
 )
 
-_TOKEN_RE: Final = re.compile(r"^[0-9a-f]{32}$")
+_TOKEN_RE: Final = re.compile(r"^[0-9a-f]{48}$")
 #: How long storing a token keeps retrying through a connection loss.
 TOKEN_SAVE_TIMEOUT: Final = 30.0
 
@@ -146,23 +157,53 @@ class Position:
     txid: int
     change_id: int
 
-    def token(self) -> ResumeToken:
-        return {"_data": f"{self.txid:016x}{self.change_id:016x}"}
+    def token(self, epoch: int) -> ResumeToken:
+        """This position as a resume token of the store's ``epoch``."""
+        return {"_data": f"{self.txid:016x}{self.change_id:016x}{epoch:016x}"}
 
     @classmethod
     def from_token(cls, token: Mapping[str, Any]) -> Position:
-        data = token.get("_data") if isinstance(token, Mapping) else None
-        if not isinstance(data, str) or not _TOKEN_RE.match(data):
-            raise QueryError(
-                f"not a PostgreSQL resume token: {token!r} (expected {{'_data': <32 hex digits>}})"
-            )
-        return cls(int(data[:16], 16), int(data[16:], 16))
+        return decode_token(token)[0]
 
     def __str__(self) -> str:
         return f"{self.txid}:{self.change_id}"
 
 
 START: Final = Position(0, 0)
+
+
+def decode_token(token: Mapping[str, Any]) -> tuple[Position, int]:
+    """The position and epoch of a resume token."""
+    data = token.get("_data") if isinstance(token, Mapping) else None
+    if not isinstance(data, str) or not _TOKEN_RE.match(data):
+        raise QueryError(
+            f"not a PostgreSQL resume token: {token!r} (expected {{'_data': <48 hex digits>}})"
+        )
+    return Position(int(data[:16], 16), int(data[16:32], 16)), int(data[32:], 16)
+
+
+_EPOCH_SQL: Final = """
+SELECT e.epoch, e.system_identifier, s.system_identifier
+  FROM datastore_epoch AS e, pg_control_system() AS s
+"""
+
+
+def read_epoch(conn: psycopg.Connection[Any]) -> int:
+    """The store's token epoch; :class:`HistoryLostError` on a restored, unadopted server."""
+    row = conn.execute(_EPOCH_SQL).fetchone()
+    if row is None:
+        raise HistoryLostError(
+            "table datastore_epoch is empty: the store's change positions cannot be trusted; "
+            "apply the schema migrations (nvsentinel-store schema apply)"
+        )
+    if int(row[1]) != int(row[2]):
+        raise HistoryLostError(
+            f"the store was restored from a backup of another server (positions belong to "
+            f"server {row[1]}, this is server {row[2]}); change positions are not valid here "
+            "until the migration role runs SELECT * FROM datastore_adopt_restore() "
+            "(see docs/backup-restore.md)"
+        )
+    return int(row[0])
 
 
 class Wakeup:
@@ -219,7 +260,7 @@ def event_matches(event: ChangeEvent, node: Node) -> bool:
 def build_event(
     database: str,
     collection: str,
-    position: Position,
+    token: ResumeToken,
     operation: str,
     document_id: str,
     version: int,
@@ -229,7 +270,7 @@ def build_event(
 ) -> ChangeEvent:
     """A change event shaped like MongoDB's (plus ``documentVersion``)."""
     event: ChangeEvent = {
-        "_id": position.token(),
+        "_id": token,
         "operationType": operation,
         "clusterTime": changed_at,
         "wallTime": changed_at,
@@ -353,7 +394,8 @@ class PostgresChangeStream(ClosingContext):
         self._stop = threading.Event()
         self._idle = self._options.min_poll_interval
         self._reconnects = 0
-        start_token = Position.from_token(resume_after) if resume_after is not None else None
+        self._epoch: int | None = None
+        start_token = decode_token(resume_after) if resume_after is not None else None
         self._cursor = self._with_retry(
             lambda conn: self._start(conn, start_token, from_beginning), TOKEN_SAVE_TIMEOUT
         )
@@ -369,8 +411,14 @@ class PostgresChangeStream(ClosingContext):
         return self._client_name
 
     @property
+    def epoch(self) -> int:
+        """The store's token epoch this stream runs in (see the module docstring)."""
+        assert self._epoch is not None  # set by the first connection
+        return self._epoch
+
+    @property
     def resume_token(self) -> ResumeToken:
-        return (self._delivered if self._buffer else self._cursor).token()
+        return (self._delivered if self._buffer else self._cursor).token(self.epoch)
 
     @property
     def position(self) -> Position:
@@ -428,7 +476,10 @@ class PostgresChangeStream(ClosingContext):
         """Store ``token`` (default: :attr:`resume_token`) as this consumer's position."""
         if self._client_name is None:
             raise QueryError("save_token needs a stream opened with a client_name")
-        position = Position.from_token(token) if token is not None else self.position
+        position = self.position
+        if token is not None:
+            position, epoch = decode_token(token)
+            self._check_epoch(epoch, "token to store")
         name = self._client_name
         self._with_retry(
             lambda conn: save_token(conn, name, self._collection, position), TOKEN_SAVE_TIMEOUT
@@ -443,8 +494,15 @@ class PostgresChangeStream(ClosingContext):
 
     # -- internals --------------------------------------------------------------
     def _start(
-        self, conn: psycopg.Connection[Any], token: Position | None, from_beginning: bool
+        self,
+        conn: psycopg.Connection[Any],
+        start: tuple[Position, int] | None,
+        from_beginning: bool,
     ) -> Position:
+        token = None
+        if start is not None:
+            token = start[0]
+            self._check_epoch(start[1], "resume token")
         row = conn.execute(_FRONTIER_SQL, {"coll": self._collection}).fetchone()
         assert row is not None
         horizon = Position(int(row[0]), 0)
@@ -459,6 +517,15 @@ class PostgresChangeStream(ClosingContext):
         if from_beginning:
             return frontier or START
         return horizon
+
+    def _check_epoch(self, epoch: int, source: str) -> None:
+        if epoch != self.epoch:
+            raise HistoryLostError(
+                f"{self._collection}: the {source} is from token epoch {epoch:x}, the store is in "
+                f"epoch {self.epoch:x}: the store was restored from a backup since the token was "
+                "issued, and its positions were renumbered. Resume from the consumer's stored "
+                "token (restored with the data) or reset it"
+            )
 
     def _check_history(self, position: Position, frontier: Position | None, source: str) -> None:
         if frontier is not None and position < frontier:
@@ -476,6 +543,19 @@ class PostgresChangeStream(ClosingContext):
             # planner may instead collect the whole backlog and sort it, on every
             # poll; on this dedicated connection, forbid the sort.
             conn.execute("SET enable_sort = off")
+            try:
+                epoch = read_epoch(conn)
+            except HistoryLostError:
+                conn.close()
+                raise
+            if self._epoch is not None and epoch != self._epoch:
+                conn.close()
+                raise HistoryLostError(
+                    f"change stream on {self._collection}: the store was restored from a backup "
+                    f"while the stream ran (token epoch {self._epoch:x}, now {epoch:x}); resume "
+                    "from the consumer's stored token or reset it"
+                )
+            self._epoch = epoch
             self._conn = conn
         return self._conn
 
@@ -538,7 +618,7 @@ class PostgresChangeStream(ClosingContext):
             event = build_event(
                 self._database,
                 self._collection,
-                position,
+                position.token(self.epoch),
                 row[5],
                 row[6],
                 row[7],

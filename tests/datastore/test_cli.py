@@ -205,7 +205,7 @@ def test_health_reports_a_healthy_datastore(
     checks = {c["name"]: c for c in report["checks"]}
     assert report["healthy"] is True
     assert checks["tls"]["ok"] and checks["tls"]["detail"].startswith("TLSv1.")
-    assert checks["schema"]["detail"].startswith("version 3")
+    assert checks["schema"]["detail"].startswith("version 4")
     assert checks["triggers"]["detail"] == "8 present and enabled"
     assert report["changelog_rows"] == 1
     assert [(c["client_name"], c["pending_changes"]) for c in report["consumers"]] == [
@@ -330,4 +330,4 @@ def test_health_without_migration_files_reports_the_recorded_version(
     assert result.returncode == 0, result.stdout + result.stderr
     status, detail = health_table(result.stdout)["schema"]
     assert status == "ok"
-    assert detail.startswith("version 3 (not compared with files")
+    assert detail.startswith("version 4 (not compared with files")

@@ -40,6 +40,7 @@ from nvsentinel_store.changestream import (
     Wakeup,
     delete_token,
     load_token,
+    read_epoch,
 )
 from nvsentinel_store.config import Settings, postgres_conninfo
 from nvsentinel_store.errors import DuplicateKeyError, QueryError, StoreUnavailableError
@@ -174,8 +175,11 @@ class PostgresStore(ClosingContext):
         return self._wakeup
 
     def load_resume_token(self, client_name: str, collection: str) -> ResumeToken | None:
-        position = self.run(lambda c: load_token(c, client_name, collection), "load token")
-        return None if position is None else position.token()
+        def action(conn: Conn) -> ResumeToken | None:
+            position = load_token(conn, client_name, collection)
+            return None if position is None else position.token(read_epoch(conn))
+
+        return self.run(action, "load token")
 
     def reset_resume_token(self, client_name: str, collection: str) -> bool:
         """Forget a consumer's position (after it recovered from lost history)."""

@@ -13,7 +13,9 @@ Writes `pg_dump --format=custom` of PGDATABASE to
 BACKUP_DIR/<database>-<UTC timestamp>.dump (through a .partial file, so a
 failed dump never counts as a backup), then deletes all but the newest
 RETENTION dumps. Connects with the PG* environment (in the chart: TLS with
-verify-full and a client certificate).
+verify-full and a client certificate). Dumps with --enable-row-security: the
+backup role (pg_read_all_data) reads resume_tokens through its read-only
+policy instead of failing on row level security.
 
 Environment: PGHOST PGPORT PGDATABASE PGUSER PGSSLMODE PGSSLCERT PGSSLKEY
 PGSSLROOTCERT, BACKUP_DIR (default /backups), RETENTION (default 7).
@@ -25,7 +27,7 @@ dump() {
   stamp="$(date -u +%Y%m%dT%H%M%SZ)"
   target="${BACKUP_DIR}/${PGDATABASE}-${stamp}.dump"
   echo "backup.sh: dumping ${PGDATABASE} from ${PGHOST} to ${target}"
-  pg_dump --format=custom --no-password --file "${target}.partial"
+  pg_dump --format=custom --enable-row-security --no-password --file "${target}.partial"
   mv "${target}.partial" "${target}"
   echo "backup.sh: wrote $(du -h "${target}" | cut -f1) to ${target}"
 }

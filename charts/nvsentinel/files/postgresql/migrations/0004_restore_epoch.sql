@@ -1,0 +1,171 @@
+-- 0004 restore epoch: change positions that survive a backup and restore.
+--
+-- Transactional: a new table, functions, a policy, GRANTs for monitoring.
+--
+-- Change positions (datastore_changelog.position_txid, resume_tokens,
+-- datastore_changelog_pruned, the event tables' change_position_txid) are
+-- transaction ids (xid8) of the server that wrote them. pg_dump copies them as
+-- plain values; a server restored from the dump (a fresh initdb) has its own,
+-- unrelated transaction counter. Read there, an old position points into the
+-- new server's future or past: a stream resuming from it would skip every new
+-- change until the counter catches up, and updates of restored documents
+-- (position = greatest(own id, previous position)) would wait just as long.
+--
+-- datastore_epoch records which server's transaction ids the positions use
+-- (its system_identifier, from pg_control_system(), new at every initdb and
+-- not copied by pg_dump) and a random epoch that every resume token carries.
+-- On a server whose system_identifier differs (a restore onto another server),
+-- change streams refuse to start (HistoryLostError, naming the restore) until
+-- the migration role runs
+--
+--   SELECT * FROM datastore_adopt_restore();
+--
+-- which rebases every position into this server's transaction ids, keeping
+-- their order (each consumer resumes exactly where its stored token was) and
+-- draws a new epoch, so tokens handed out before the restore are refused
+-- instead of misread. See docs/backup-restore.md.
+
+CREATE TABLE datastore_epoch (
+    singleton          boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    epoch              bigint NOT NULL CHECK (epoch > 0),
+    system_identifier  bigint NOT NULL,
+    adopted_at         timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE datastore_epoch IS
+    'The server whose transaction ids the change positions use, and the epoch resume tokens carry';
+
+INSERT INTO datastore_epoch (epoch, system_identifier)
+SELECT 1 + floor(random() * 4503599627370495)::bigint, s.system_identifier
+  FROM pg_control_system() AS s;
+
+GRANT SELECT ON datastore_epoch TO nvsentinel_app;
+
+-- Rebase the change positions of a restored database onto this server's
+-- transaction ids. Run once after pg_restore onto another server, as the
+-- migration role (it owns the tables), before the services start.
+CREATE FUNCTION datastore_adopt_restore()
+RETURNS TABLE (adopted boolean, rebased_changes bigint, rebased_consumers bigint, epoch bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    here bigint;
+    p xid8;
+    base bigint;
+    n_changes bigint;
+    n_consumers bigint;
+    new_epoch bigint;
+    restored_age integer;
+BEGIN
+    SELECT s.system_identifier INTO here FROM pg_control_system() AS s;
+    PERFORM 1 FROM public.datastore_epoch AS e WHERE e.system_identifier = here;
+    IF FOUND THEN
+        -- Same server: its positions are already this server's transaction ids.
+        RETURN QUERY SELECT false, 0::bigint, 0::bigint, e.epoch FROM public.datastore_epoch AS e;
+        RETURN;
+    END IF;
+    LOCK TABLE public.health_events, public.maintenance_events, public.datastore_changelog,
+               public.datastore_changelog_pruned, public.resume_tokens, public.datastore_epoch
+        IN ACCESS EXCLUSIVE MODE;
+    -- Every rebased position is this transaction's id: below every later
+    -- transaction's, and final once this one commits. The order inside it is
+    -- the change id, renumbered above every existing id: first the restored
+    -- changes in their old (position_txid, id) order, then those written on
+    -- this server since the restore (their positions are this server's ids and
+    -- cannot be compared with the restored ones). Restored rows are those
+    -- pg_restore wrote: not younger than the restored datastore_epoch row
+    -- (one transaction with --single-transaction, as documented).
+    p := pg_current_xact_id();
+    SELECT coalesce(max(l.id), 0) INTO base FROM public.datastore_changelog AS l;
+    SELECT age(e.xmin) INTO restored_age FROM public.datastore_epoch AS e;
+
+    CREATE TEMPORARY TABLE nvs_rebase ON COMMIT DROP AS
+    SELECT l.id AS old_id, l.position_txid AS old_txid, l.collection,
+           age(l.xmin) >= restored_age AS restored,
+           base + row_number() OVER (
+               ORDER BY age(l.xmin) >= restored_age DESC, l.position_txid, l.id) AS new_id
+      FROM public.datastore_changelog AS l;
+
+    -- Consumers first (they look up the old positions): the last restored change
+    -- at or before the token; before all of them when none is (at the pruned
+    -- frontier or past it: kept below the new frontier, so still history lost).
+    UPDATE public.resume_tokens AS t
+       SET position_txid = CASE WHEN m.lost THEN '0'::xid8 ELSE p END,
+           change_id = CASE WHEN m.lost THEN 0 ELSE coalesce(m.last_id, base) END
+      FROM (
+          SELECT t2.client_owner, t2.client_name, t2.collection,
+                 (SELECT max(r.new_id) FROM nvs_rebase AS r
+                   WHERE r.restored AND r.collection = t2.collection
+                     AND (r.old_txid, r.old_id) <= (t2.position_txid, t2.change_id)) AS last_id,
+                 coalesce((t2.position_txid, t2.change_id) < (f.position_txid, f.id), false)
+                     AS lost
+            FROM public.resume_tokens AS t2
+            LEFT JOIN public.datastore_changelog_pruned AS f ON f.collection = t2.collection
+      ) AS m
+     WHERE (t.client_owner, t.client_name, t.collection)
+         = (m.client_owner, m.client_name, m.collection);
+    GET DIAGNOSTICS n_consumers = ROW_COUNT;
+
+    UPDATE public.datastore_changelog AS l
+       SET id = r.new_id, position_txid = p
+      FROM nvs_rebase AS r
+     WHERE l.id = r.old_id;
+    GET DIAGNOSTICS n_changes = ROW_COUNT;
+    -- Each collection's retained changes start right after (p, base).
+    UPDATE public.datastore_changelog_pruned SET position_txid = p, id = base;
+    PERFORM setval(pg_get_serial_sequence('public.datastore_changelog', 'id'),
+                   greatest(base + n_changes, 1));
+
+    -- The next change of a restored document is positioned after p, not after
+    -- its old position. Plain column rewrite: no extraction, no capture.
+    ALTER TABLE public.health_events DISABLE TRIGGER USER;
+    ALTER TABLE public.maintenance_events DISABLE TRIGGER USER;
+    UPDATE public.health_events SET change_position_txid = p;
+    UPDATE public.maintenance_events SET change_position_txid = p;
+    ALTER TABLE public.health_events ENABLE TRIGGER USER;
+    ALTER TABLE public.maintenance_events ENABLE TRIGGER USER;
+
+    new_epoch := 1 + floor(random() * 4503599627370495)::bigint;
+    UPDATE public.datastore_epoch AS e
+       SET epoch = new_epoch, system_identifier = here, adopted_at = now();
+    RETURN QUERY SELECT true, n_changes, n_consumers, new_epoch;
+END
+$$;
+
+COMMENT ON FUNCTION datastore_adopt_restore() IS
+    'After pg_restore onto another server: rebase change positions onto this server''s transaction ids and start a new token epoch';
+
+REVOKE ALL ON FUNCTION datastore_adopt_restore() FROM PUBLIC;
+
+-- Backups: the backup role (a member of pg_read_all_data) dumps resume_tokens
+-- too. pg_read_all_data does not bypass row level security, so pg_dump runs with
+-- --enable-row-security (the chart's backup.sh does) and this policy lets such
+-- readers see every row; they cannot change any.
+CREATE POLICY resume_tokens_read_all_data ON resume_tokens
+    FOR SELECT TO pg_read_all_data
+    USING (true);
+
+-- Monitoring (the postgres-exporter's role is a member of pg_monitor): each
+-- consumer's lag through the existing function, and the changelog's size and
+-- age through this one. Names and counts, never documents or tokens.
+CREATE FUNCTION datastore_changelog_stats()
+RETURNS TABLE (collection text, changes bigint, oldest_change_at timestamptz,
+               held_back_changes bigint, oldest_held_back_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
+AS $$
+    SELECT c.collection, count(l.id), min(l.changed_at),
+           count(l.id) FILTER (WHERE l.position_txid >= pg_snapshot_xmin(pg_current_snapshot())),
+           min(l.changed_at)
+               FILTER (WHERE l.position_txid >= pg_snapshot_xmin(pg_current_snapshot()))
+      FROM (VALUES ('health_events'), ('maintenance_events')) AS c (collection)
+      LEFT JOIN public.datastore_changelog AS l ON l.collection = c.collection
+     GROUP BY c.collection
+     ORDER BY c.collection
+$$;
+
+COMMENT ON FUNCTION datastore_changelog_stats() IS
+    'Per collection: retained changes, the oldest, and committed changes held back by an older open transaction';
+
+REVOKE ALL ON FUNCTION datastore_changelog_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION datastore_changelog_stats() TO nvsentinel_app, pg_monitor;
+GRANT EXECUTE ON FUNCTION datastore_consumer_lag() TO pg_monitor;
