@@ -386,6 +386,7 @@ class PostgresChangeStream(ClosingContext):
         if self._options.batch_size < 1:
             raise QueryError("batch_size must be at least 1")
         self._wakeup = wakeup
+        self._observer = self._options.observer
         self._filter = parse_pipeline(pipeline)
         self._query = sql.SQL(_POLL_SQL).format(pushdown=pushdown(self._filter))
         self._conn: psycopg.Connection[Any] | None = None
@@ -450,6 +451,8 @@ class PostgresChangeStream(ClosingContext):
             if self._buffer:
                 position, event = self._buffer.popleft()
                 self._delivered = position
+                if self._observer is not None:
+                    self._observer.on_event(self._collection, self._client_name or "", event)
                 return event
             self._delivered = self._cursor
             seen = self._wakeup.count(self._collection) if self._wakeup else 0
@@ -585,10 +588,22 @@ class PostgresChangeStream(ClosingContext):
         delay = 0.05
         while True:
             try:
-                return self._poll(self._ensure_connection())
+                conn = self._ensure_connection()
+                started = time.perf_counter()
+                read = self._poll(conn)
+                if self._observer is not None:
+                    self._observer.on_poll(
+                        self._collection,
+                        self._client_name or "",
+                        time.perf_counter() - started,
+                        read,
+                    )
+                return read
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 self._drop_connection()
                 self._reconnects += 1
+                if self._observer is not None:
+                    self._observer.on_reconnect(self._collection, self._client_name or "")
                 if self._closed:
                     return 0
                 if deadline is not None and time.monotonic() + delay > deadline:

@@ -23,8 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final, TextIO
+from wsgiref.simple_server import WSGIServer
 
 import psycopg
+from prometheus_client import CollectorRegistry, start_http_server
 
 from nvsentinel_store import health, migrate_cli, migrations
 from nvsentinel_store.config import Settings, postgres_conninfo
@@ -36,6 +38,7 @@ from nvsentinel_store.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from nvsentinel_store.metrics import WatchMetrics
 from nvsentinel_store.store import COLLECTIONS, WatchOptions
 
 EXIT_OK: Final = 0
@@ -155,6 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=WatchOptions.poll_interval,
         help="longest pause between polls when idle (seconds)",
     )
+    watch.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://ADDRESS:PORT/metrics while watching "
+        "(0: any free port, printed on stderr)",
+    )
+    watch.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address the metrics server binds (default 127.0.0.1)",
+    )
 
     migrate_cli.add_parser(sub)
 
@@ -254,15 +271,23 @@ def cmd_watch(args: argparse.Namespace, settings: Settings, out: TextIO, err: Te
     from nvsentinel_store.providers import open_store
 
     pipeline = [{"$match": args.match}] if args.match else None
+    metrics = WatchMetrics(CollectorRegistry()) if args.metrics_port is not None else None
     options = WatchOptions(
         poll_interval=args.poll_interval,
         batch_size=args.batch_size,
         min_poll_interval=min(WatchOptions.min_poll_interval, args.poll_interval),
+        observer=metrics,
     )
     stop = _Stop()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    server = None
     try:
+        if metrics is not None:
+            server = _serve_metrics(metrics, args.metrics_address, args.metrics_port, err)
         with open_store(settings) as store:
+            pool_stats = getattr(store, "pool_stats", None)
+            if metrics is not None and pool_stats is not None:
+                metrics.watch_pool(pool_stats)
             if args.reset_token:
                 reset = getattr(store, "reset_resume_token", None)
                 if reset is None:
@@ -282,6 +307,23 @@ def cmd_watch(args: argparse.Namespace, settings: Settings, out: TextIO, err: Te
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+def _serve_metrics(metrics: WatchMetrics, address: str, port: int, err: TextIO) -> WSGIServer:
+    try:
+        server, _ = start_http_server(port, address, registry=metrics.registry)
+    except OSError as error:
+        raise ConfigError(f"--metrics-port {port}: cannot listen on {address}: {error}") from error
+    host = address if ":" not in address else f"[{address}]"
+    print(
+        f"nvsentinel-store: metrics on http://{host}:{server.server_port}/metrics",
+        file=err,
+        flush=True,
+    )
+    return server
 
 
 def _watch_loop(stream: Any, args: argparse.Namespace, out: TextIO, stop: _Stop) -> int:

@@ -66,6 +66,23 @@ class UpdateResult:
     modified_count: int
 
 
+class StreamObserver(Protocol):
+    """Hooks a change stream calls as it works (metrics; see :mod:`nvsentinel_store.metrics`).
+
+    Called on the stream's thread; must be quick and must not raise. ``consumer``
+    is the stream's client name (``""`` without one).
+    """
+
+    def on_poll(self, collection: str, consumer: str, seconds: float, rows: int) -> None:
+        """One poll of the changelog took ``seconds`` and read ``rows`` changes."""
+
+    def on_event(self, collection: str, consumer: str, event: ChangeEvent) -> None:
+        """An event was handed to the consumer."""
+
+    def on_reconnect(self, collection: str, consumer: str) -> None:
+        """The stream lost its connection and is reconnecting."""
+
+
 @dataclass(frozen=True)
 class WatchOptions:
     """Tuning of a change stream; the defaults suit the services.
@@ -74,13 +91,15 @@ class WatchOptions:
     it sleeps ``min_poll_interval``, doubling up to ``poll_interval`` while the
     polls stay empty. ``batch_size`` is the most changes read per poll;
     ``reconnect_max_delay`` caps the backoff between reconnection attempts after
-    a connection loss.
+    a connection loss. ``observer``, when set, is told about every poll,
+    event and reconnection (PostgreSQL streams; metrics).
     """
 
     poll_interval: float = 0.05
     min_poll_interval: float = 0.001
     batch_size: int = 500
     reconnect_max_delay: float = 5.0
+    observer: StreamObserver | None = None
 
 
 @runtime_checkable

@@ -200,6 +200,14 @@ class PostgresStore(ClosingContext):
 
         return self.run(action, "prune")
 
+    def pool_stats(self) -> dict[str, int]:
+        """The connection pool's usage: ``pool_size``, ``pool_available``, ``requests_waiting``
+        (psycopg_pool's names), for metrics."""
+        stats = self._pool.get_stats()
+        return {
+            k: int(stats.get(k, 0)) for k in ("pool_size", "pool_available", "requests_waiting")
+        }
+
     def close(self) -> None:
         self._pool.close()
 
