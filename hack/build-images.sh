@@ -13,7 +13,8 @@ IMAGES_REVISION="1"
 DEBIAN_SUITE="bookworm"
 POSTGRESQL_MAJOR="15"
 PAUSE_REF="localhost/nvsentinel-local/pause:${IMAGES_REVISION}"
-ALL_IMAGES=(pause shell postgresql)
+ALL_IMAGES=(pause shell postgresql coredns)
+BIN_DIR="${NVSENTINEL_BIN_DIR:-${ROOT_DIR}/.bin}"
 
 usage() {
 	cat <<EOF
@@ -31,13 +32,14 @@ Images (local builds; none is the published image whose name it may carry):
   postgresql  Debian ${DEBIAN_SUITE} (debootstrap minbase) with postgresql-${POSTGRESQL_MAJOR},
               its server binaries on PATH (stands in for the postgres image;
               NOTE: PostgreSQL ${POSTGRESQL_MAJOR}, whatever the tag it is given says)
+  coredns     .bin/coredns (hack/build-tools.sh coredns) alone in an image
 
 --refs-file FILE names the references to give the images, one 'IMAGE REF'
 per line (an image may have several); without it an image is named
 localhost/nvsentinel-local/IMAGE:${IMAGES_REVISION}. An archive is rebuilt when
 its references change.
 
-Needs: go (pause), apt-get and dpkg-deb (shell), debootstrap as root
+Needs: go (pause), .bin/coredns (coredns), apt-get and dpkg-deb (shell), debootstrap as root
 (postgresql; the Debian mirror is the one apt uses), python3, tar.
 
 Environment:
@@ -149,6 +151,14 @@ build_postgresql() {
 	write_archive postgresql "${work}/rootfs" --cmd '["postgres"]' \
 		--env "PATH=${bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
 		--env "PGDATA=/var/lib/postgresql/data" --env "LANG=C.UTF-8"
+}
+
+build_coredns() {
+	local work="$1"
+	[[ -x "${BIN_DIR}/coredns" ]] || die "${BIN_DIR}/coredns is missing; run hack/build-tools.sh coredns"
+	mkdir -p "${work}/rootfs"
+	cp "${BIN_DIR}/coredns" "${work}/rootfs/coredns"
+	write_archive coredns "${work}/rootfs" --entrypoint '["/coredns"]'
 }
 
 # ensure_image IMAGE: build IMAGE's archive unless it is cached with the same references.

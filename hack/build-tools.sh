@@ -16,8 +16,9 @@ STAMP_DIR="${BIN_DIR}/.versions"
 HELM_VERSION="v4.3.1"
 HELM3_VERSION="v3.22.0"
 KIND_VERSION="v0.30.0"
+COREDNS_VERSION="v1.14.7"
 
-ALL_TOOLS=(helm helm3 kube-apiserver kube-controller-manager kubectl kube-scheduler kube-proxy kubelet etcd kind tilt)
+ALL_TOOLS=(helm helm3 kube-apiserver kube-controller-manager kubectl kube-scheduler kube-proxy kubelet etcd kind tilt coredns)
 
 usage() {
 	cat <<EOF
@@ -39,6 +40,7 @@ Tools:
   etcd                     go.etcd.io/etcd/server/v3 $(wrapper_version etcd go.etcd.io/etcd/server/v3) (hack/tools/etcd)
   kind                     sigs.k8s.io/kind ${KIND_VERSION}
   tilt                     github.com/tilt-dev/tilt $(wrapper_version tilt github.com/tilt-dev/tilt) (hack/tools/tilt)
+  coredns                  github.com/coredns/coredns ${COREDNS_VERSION} (DNS of hack/local-cluster.sh)
 
 Environment:
   NVSENTINEL_BIN_DIR       where binaries go (default: .bin/ in the checkout)
@@ -75,6 +77,7 @@ tool_version() {
 		etcd) wrapper_version etcd go.etcd.io/etcd/server/v3 ;;
 		kind) echo "${KIND_VERSION}" ;;
 		tilt) wrapper_version tilt github.com/tilt-dev/tilt ;;
+		coredns) echo "${COREDNS_VERSION}" ;;
 		*) return 1 ;;
 	esac
 }
@@ -175,6 +178,12 @@ build_kind() {
 	go_install_into "${out}" "-s -w" "sigs.k8s.io/kind@${version}"
 }
 
+build_coredns() {
+	local out="$1" version="$2" ldflags
+	ldflags="-s -w -X github.com/coredns/coredns/coremain.GitCommit=$(origin_commit "github.com/coredns/coredns@${version}")"
+	go_install_into "${out}" "${ldflags}" "github.com/coredns/coredns@${version}"
+}
+
 build_tilt() {
 	local out="$1" version="$2" ldflags src work
 	# tilt embeds its web UI from pkg/assets/build, but the module does not
@@ -213,6 +222,7 @@ build_into_cache() {
 		etcd) build_etcd "${tmp}" "${version}" ;;
 		kind) build_kind "${tmp}" "${version}" ;;
 		tilt) build_tilt "${tmp}" "${version}" ;;
+		coredns) build_coredns "${tmp}" "${version}" ;;
 	esac
 	[[ -x "${tmp}/${tool}" ]] || die "${tool} ${version}: the build produced no ${tool} binary"
 	rm -rf "${entry}"

@@ -23,6 +23,7 @@ CGROUP_ROOT="/nvsentinel-local"
 # route for the pod range (metric 0), which therefore wins while it exists.
 GUARD_METRIC="4242"
 MARKER=".nvsentinel-local-cluster"
+BRIDGE_GUARD_RULE=(-i "${BRIDGE}" ! -o "${BRIDGE}" -m comment --comment "nvsentinel-local: pod traffic stays on its bridge" -j DROP)
 COMPONENTS=(kube-scheduler containerd kubelet kube-proxy)
 # Sysctls kubelet (and the CNI bridge) may set; down puts back what up found.
 SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
@@ -40,11 +41,12 @@ A single-node Kubernetes 1.34 made of processes, for the e2e tier where no
 container engine exists. Needs root and the Debian packages containerd, runc,
 containernetworking-plugins, iptables, conntrack and debootstrap, and the
 binaries of hack/build-tools.sh (etcd kube-apiserver kube-controller-manager
-kube-scheduler kubelet kube-proxy kubectl helm).
+kube-scheduler kubelet kube-proxy kubectl helm coredns).
 
 Commands:
   up          start everything (or notice the running cluster), wait until
-              the node is Ready, print 'export KUBECONFIG=...'
+              the node is Ready and a pod resolves a Service name through
+              CoreDNS, print 'export KUBECONFIG=...'
   down        stop every process up started; remove its containers, mounts,
               network interfaces, iptables chains, cgroups, routes and state;
               put back the sysctls kubelet changed
@@ -179,7 +181,7 @@ wait_until() {
 require_tools() {
 	local name
 	[[ "$(id -u)" == 0 ]] || die "needs root (containerd, kubelet, iptables, routes)"
-	for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm; do
+	for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm coredns; do
 		[[ -x "${BIN_DIR}/${name}" ]] || die "${BIN_DIR}/${name} is missing; run hack/build-tools.sh"
 	done
 	for name in containerd containerd-shim-runc-v2 runc ctr iptables ip6tables conntrack ip openssl python3; do
@@ -254,6 +256,15 @@ make_bridge() {
 		ip addr add "${NODE_IP}/${POD_CIDR#*/}" dev "${BRIDGE}"
 	fi
 	ip link set "${BRIDGE}" up
+	# A pod reaches a Service through the node: kube-proxy's DNAT turns the
+	# packet (sent to the bridge's address) into one for another pod on the
+	# bridge, which the kernel must then forward. Forwarding is switched on for
+	# packets that arrive on this bridge only (net.ipv4.ip_forward stays as it
+	# is), and a FORWARD rule drops whatever from the bridge would leave
+	# through another interface.
+	echo 1 >"/proc/sys/net/ipv4/conf/${BRIDGE}/forwarding"
+	iptables -w -C FORWARD "${BRIDGE_GUARD_RULE[@]}" 2>/dev/null ||
+		iptables -w -I FORWARD 1 "${BRIDGE_GUARD_RULE[@]}"
 }
 
 make_cgroup_root() {
@@ -389,17 +400,17 @@ chart_refs() {
 	done
 }
 
+# refs_of IMAGE: the references IMAGE's archive carries (hack/build-images.sh
+# writes them beside the archive).
 refs_of() {
-	if [[ "$1" == pause ]]; then
-		"${ROOT_DIR}/hack/build-images.sh" --help | sed -n 's/.*reference \(localhost\/[^ ]*\)$/\1/p'
-		return 0
-	fi
-	awk -v img="$1" '$1 == img { print $2 }' "${STATE_DIR}/image-refs"
+	local archive
+	archive="$(grep -E "/$1-r[0-9]+\.tar\$" "${STATE_DIR}/image-archives")"
+	cat "${archive}.refs"
 }
 
 build_images() {
 	chart_refs >"${STATE_DIR}/image-refs"
-	"${ROOT_DIR}/hack/build-images.sh" --refs-file "${STATE_DIR}/image-refs" pause shell postgresql \
+	"${ROOT_DIR}/hack/build-images.sh" --refs-file "${STATE_DIR}/image-refs" pause shell postgresql coredns \
 		>"${STATE_DIR}/image-archives"
 }
 
@@ -524,10 +535,165 @@ EOF
 }
 
 choose_ports() {
-	read -r KUBELET_PORT KUBELET_HEALTHZ_PORT SCHEDULER_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT <<<"$(free_ports 5)"
+	read -r KUBELET_PORT KUBELET_HEALTHZ_PORT SCHEDULER_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT \
+		COREDNS_HEALTH_PORT COREDNS_READY_PORT <<<"$(free_ports 7)"
 	printf '%s\n' "KUBELET_PORT=${KUBELET_PORT}" "KUBELET_HEALTHZ_PORT=${KUBELET_HEALTHZ_PORT}" \
 		"SCHEDULER_PORT=${SCHEDULER_PORT}" "PROXY_HEALTHZ_PORT=${PROXY_HEALTHZ_PORT}" \
-		"PROXY_METRICS_PORT=${PROXY_METRICS_PORT}" >"${STATE_DIR}/ports.env"
+		"PROXY_METRICS_PORT=${PROXY_METRICS_PORT}" "COREDNS_HEALTH_PORT=${COREDNS_HEALTH_PORT}" \
+		"COREDNS_READY_PORT=${COREDNS_READY_PORT}" >"${STATE_DIR}/ports.env"
+}
+
+# coredns_manifests: CoreDNS as a Deployment in kube-system behind the
+# kube-dns Service (${DNS_IP}). The API server listens on 127.0.0.1 only, which
+# a pod's network namespace cannot reach, so CoreDNS runs in the node's
+# network namespace (hostNetwork) with a kubeconfig of its own, answering on
+# the node address ${NODE_IP}:53 only; it serves cluster.local and forwards
+# nothing (no name outside the cluster resolves).
+coredns_manifests() {
+	local kubeconfig
+	write_kubeconfig "${STATE_DIR}/coredns.kubeconfig" "$(api_server_url)" coredns
+	kubeconfig="$(base64 -w0 <"${STATE_DIR}/coredns.kubeconfig")"
+	cat <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: nvsentinel-local:coredns
+rules:
+- apiGroups: [""]
+  resources: [endpoints, services, pods, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: nvsentinel-local:coredns
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: nvsentinel-local:coredns
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: nvsentinel-local:coredns
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: coredns-kubeconfig
+  namespace: kube-system
+data:
+  kubeconfig: ${kubeconfig}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: coredns
+  namespace: kube-system
+data:
+  Corefile: |
+    .:53 {
+        bind ${NODE_IP}
+        errors
+        health 127.0.0.1:${COREDNS_HEALTH_PORT}
+        ready 127.0.0.1:${COREDNS_READY_PORT}
+        kubernetes cluster.local in-addr.arpa ip6.arpa {
+            kubeconfig /etc/coredns/kubeconfig/kubeconfig nvsentinel-local
+            pods insecure
+        }
+        cache 30
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: coredns
+  namespace: kube-system
+  labels:
+    k8s-app: kube-dns
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      k8s-app: kube-dns
+  template:
+    metadata:
+      labels:
+        k8s-app: kube-dns
+    spec:
+      hostNetwork: true
+      dnsPolicy: Default
+      containers:
+      - name: coredns
+        image: $(refs_of coredns | head -n1)
+        imagePullPolicy: Never
+        args: ["-conf", "/etc/coredns/Corefile"]
+        readinessProbe:
+          httpGet:
+            host: 127.0.0.1
+            port: ${COREDNS_READY_PORT}
+            path: /ready
+          periodSeconds: 2
+        livenessProbe:
+          httpGet:
+            host: 127.0.0.1
+            port: ${COREDNS_HEALTH_PORT}
+            path: /health
+        volumeMounts:
+        - name: config
+          mountPath: /etc/coredns
+        - name: kubeconfig
+          mountPath: /etc/coredns/kubeconfig
+      volumes:
+      - name: config
+        configMap:
+          name: coredns
+      - name: kubeconfig
+        secret:
+          secretName: coredns-kubeconfig
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels:
+    k8s-app: kube-dns
+spec:
+  clusterIP: ${DNS_IP}
+  selector:
+    k8s-app: kube-dns
+  ports:
+  - name: dns
+    port: 53
+    protocol: UDP
+  - name: dns-tcp
+    port: 53
+    protocol: TCP
+EOF
+}
+
+deploy_coredns() {
+	coredns_manifests | kubectl apply --server-side --field-manager=nvsentinel-local-cluster -f - >/dev/null
+	kubectl -n kube-system rollout status deployment/coredns --timeout="${READY_TIMEOUT_SECONDS}s" >/dev/null
+}
+
+# check_dns: a pod resolves a Service name through CoreDNS.
+check_dns() {
+	local answer
+	kubectl -n kube-system delete pod dns-check --ignore-not-found --wait=true >/dev/null
+	kubectl -n kube-system run dns-check --image="$(refs_of shell | head -n1)" --image-pull-policy=Never \
+		--restart=Never --command -- nslookup kubernetes.default.svc.cluster.local "${DNS_IP}" >/dev/null
+	if ! kubectl -n kube-system wait --for=jsonpath='{.status.phase}'=Succeeded --timeout=60s pod/dns-check >/dev/null; then
+		kubectl -n kube-system logs dns-check >&2 || true
+		die "a pod could not resolve kubernetes.default.svc.cluster.local through CoreDNS"
+	fi
+	answer="$(kubectl -n kube-system logs dns-check)"
+	kubectl -n kube-system delete pod dns-check --wait=false >/dev/null
+	grep -q "$(kubectl get service kubernetes -o jsonpath='{.spec.clusterIP}')" <<<"${answer}" ||
+		die "CoreDNS answered without the kubernetes Service's address: ${answer}"
 }
 
 # --- down ---------------------------------------------------------------------
@@ -644,6 +810,9 @@ remove_chains() {
 
 remove_network() {
 	local link
+	while iptables -w -C FORWARD "${BRIDGE_GUARD_RULE[@]}" 2>/dev/null; do
+		iptables -w -D FORWARD "${BRIDGE_GUARD_RULE[@]}"
+	done
 	if [[ -f "${STATE_DIR}/bridge" ]] && ip link show "${BRIDGE}" >/dev/null 2>&1; then
 		for link in $(ip -o link show master "${BRIDGE}" | awk -F': ' '{ print $2 }' | cut -d@ -f1); do
 			ip link del "${link}" 2>/dev/null || true
@@ -739,6 +908,8 @@ cmd_up() {
 	step "kube-scheduler healthy" start_scheduler
 	step "node Ready" start_kubelet
 	step "kube-proxy healthy" start_kube_proxy
+	step "CoreDNS rolled out" deploy_coredns
+	step "a pod resolved a Service name" check_dns
 	touch "${STATE_DIR}/ready"
 	UP_DONE=1
 	log "local-cluster: up in $(seconds_since "${start_time}")s (state in ${STATE_DIR})"
