@@ -29,11 +29,11 @@ from nvsentinel_store.changestream import PostgresChangeStream
 from nvsentinel_store.errors import HistoryLostError
 from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
 from nvsentinel_store.store import ChangeEvent, WatchOptions
+from tests.datastore.subchart_scripts import BACKUP_USER, run_initdb_script, scripts
 from tests.fixtures import chart
 from tests.fixtures.ca import Pki
 from tests.fixtures.postgres import (
     APP_USER,
-    BOOTSTRAP_SQL,
     MIGRATION_USER,
     PostgresDatabase,
     PostgresServer,
@@ -44,7 +44,6 @@ from tests.fixtures.postgres import (
 pytestmark = pytest.mark.datastore
 
 FAST = WatchOptions(poll_interval=0.02, min_poll_interval=0.001)
-BACKUP_USER = "nvsentinel_backup"
 DATABASE = "nvsentinel"
 #: Columns every event table row keeps across a restore (all but the position,
 #: which is the old server's transaction id and is rebased on adoption).
@@ -64,36 +63,6 @@ def fresh_server(test_ca: Pki) -> Iterator[PostgresServer]:
         yield server
     finally:
         destroy_server(server)
-
-
-def scripts(objects: list[dict[str, Any]], to: Path) -> Path:
-    """The subchart's scripts ConfigMap laid out as its volume (mode 0555)."""
-    to.mkdir(parents=True)
-    data = chart.find(objects, "ConfigMap", "nvsentinel-postgresql-scripts")["data"]
-    for key, text in data.items():
-        (to / key).write_text(text)
-        (to / key).chmod(0o555)
-    return to
-
-
-def run_initdb_script(server: PostgresServer, dbname: str, script_dir: Path) -> None:
-    """What the postgres image runs on an empty volume: initdb.sh over the local socket."""
-    env = {
-        "PATH": f"{server.bindir}:{os.environ['PATH']}",
-        "PGHOST": str(server.socket_dir),
-        "PGPORT": str(server.port),
-        "POSTGRES_USER": server.superuser,
-        "POSTGRES_DB": dbname,
-        "NVS_BOOTSTRAP_SQL": str(BOOTSTRAP_SQL),
-        "NVS_MIGRATION_USER": MIGRATION_USER,
-        "NVS_APP_USER": APP_USER,
-        "NVS_MONITOR_USER": "nvsentinel_monitor",
-        "NVS_BACKUP_USER": BACKUP_USER,
-    }
-    done = subprocess.run(
-        [str(script_dir / "initdb.sh")], env=env, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def run_backup_cronjob(
