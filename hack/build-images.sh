@@ -9,7 +9,7 @@ ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_DIR="${NVSENTINEL_IMAGES_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/nvsentinel-images}"
 # Bump when the way an image is built changes: cached archives of another
 # revision are built again.
-IMAGES_REVISION="1"
+IMAGES_REVISION="2"
 DEBIAN_SUITE="bookworm"
 POSTGRESQL_MAJOR="15"
 PAUSE_REF="localhost/nvsentinel-local/pause:${IMAGES_REVISION}"
@@ -30,7 +30,7 @@ Images (local builds; none is the published image whose name it may carry):
   shell       Debian ${DEBIAN_SUITE}'s busybox-static with its applets linked
               (stands in for the busybox image the chart's init containers use)
   postgresql  Debian ${DEBIAN_SUITE} (debootstrap minbase) with postgresql-${POSTGRESQL_MAJOR},
-              its server binaries on PATH (stands in for the postgres image;
+              its server binaries on PATH, user postgres 999:999 (stands in for the postgres image;
               NOTE: PostgreSQL ${POSTGRESQL_MAJOR}, whatever the tag it is given says)
   coredns     .bin/coredns (hack/build-tools.sh coredns) alone in an image
 
@@ -142,6 +142,12 @@ build_postgresql() {
 			tail -n 30 "${work}/debootstrap.log" >&2
 			die "debootstrap failed"
 		}
+	# The postgres user and group get 999, their ids in the official image,
+	# which charts' securityContexts name (initdb needs the uid to have a name).
+	chroot "${work}/rootfs" groupmod --gid 999 postgres
+	chroot "${work}/rootfs" usermod --uid 999 --gid 999 postgres
+	chown -R 999:999 "${work}/rootfs/var/lib/postgresql" "${work}/rootfs/var/run/postgresql" \
+		"${work}/rootfs/var/log/postgresql" "${work}/rootfs/etc/postgresql"
 	# The package's own cluster, caches and the apt lists are not part of the image.
 	rm -rf "${work}/rootfs/var/lib/postgresql/${POSTGRESQL_MAJOR}/main" \
 		"${work}/rootfs/etc/postgresql/${POSTGRESQL_MAJOR}/main" \
@@ -176,6 +182,8 @@ ensure_image() {
 	"build_${image}" "${work}"
 	rm -rf "${work}"
 	trap - EXIT
+	# Archives of other revisions of this image are stale.
+	find "${CACHE_DIR}" -maxdepth 1 -name "${image}-r*.tar*" ! -name "${archive##*/}*" -delete
 	log "build-images: ${image} built in $(seconds_since "${start}")s ($(du -h "${archive}" | cut -f1))"
 	echo "${archive}"
 }

@@ -25,6 +25,7 @@ GUARD_METRIC="4242"
 MARKER=".nvsentinel-local-cluster"
 BRIDGE_GUARD_RULE=(-i "${BRIDGE}" ! -o "${BRIDGE}" -m comment --comment "nvsentinel-local: pod traffic stays on its bridge" -j DROP)
 COMPONENTS=(kube-scheduler containerd kubelet kube-proxy)
+PERSISTENT_VOLUMES=8
 # Sysctls kubelet (and the CNI bridge) may set; down puts back what up found.
 SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
 	kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward)
@@ -64,6 +65,11 @@ Network (all of it local to this machine):
   serves node ports on ${NODE_IP} only. Reach pods from the host through
   'kubectl port-forward' (127.0.0.1), never by dialling pod or service
   addresses.
+
+Storage: a default StorageClass 'standard' with ${PERSISTENT_VOLUMES} local PersistentVolumes
+(100Gi each, in the state directory; not provisioned on demand, not reused).
+The node carries the label node-role.kubernetes.io/control-plane, as a kind
+node does.
 
 Images: hack/build-images.sh builds them; up imports them tagged with the
 references the chart renders, and says which are local stand-ins.
@@ -675,6 +681,56 @@ spec:
 EOF
 }
 
+# storage_manifests: a default StorageClass 'standard' backed by local
+# PersistentVolumes in the state directory (no provisioner: up makes
+# ${PERSISTENT_VOLUMES} of them; a released one is not reused).
+storage_manifests() {
+	local i
+	cat <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations:
+    storageclass.kubernetes.io/is-default-class: "true"
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Retain
+EOF
+	for ((i = 1; i <= PERSISTENT_VOLUMES; i++)); do
+		mkdir -p "${STATE_DIR}/volumes/pv${i}"
+		cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: ${NODE_NAME}-pv${i}
+spec:
+  capacity:
+    storage: 100Gi
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: standard
+  local:
+    path: ${STATE_DIR}/volumes/pv${i}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - key: kubernetes.io/hostname
+          operator: In
+          values: [${NODE_NAME}]
+EOF
+	done
+}
+
+# prepare_node: the labels a single kind node has (charts' dev values select
+# the control-plane node) and the storage.
+prepare_node() {
+	kubectl label --overwrite "node/${NODE_NAME}" node-role.kubernetes.io/control-plane= >/dev/null
+	storage_manifests | kubectl apply --server-side --field-manager=nvsentinel-local-cluster -f - >/dev/null
+}
+
 deploy_coredns() {
 	coredns_manifests | kubectl apply --server-side --field-manager=nvsentinel-local-cluster -f - >/dev/null
 	kubectl -n kube-system rollout status deployment/coredns --timeout="${READY_TIMEOUT_SECONDS}s" >/dev/null
@@ -908,6 +964,7 @@ cmd_up() {
 	step "kube-scheduler healthy" start_scheduler
 	step "node Ready" start_kubelet
 	step "kube-proxy healthy" start_kube_proxy
+	step "node labelled, storage made" prepare_node
 	step "CoreDNS rolled out" deploy_coredns
 	step "a pod resolved a Service name" check_dns
 	touch "${STATE_DIR}/ready"
