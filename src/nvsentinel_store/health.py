@@ -171,6 +171,8 @@ def check(
     else:
         report.add("triggers", True, f"{total} present and enabled")
 
+    _epoch(conn, report)
+
     try:
         size = conn.execute(
             "SELECT count(*), min(changed_at), max(changed_at) FROM datastore_changelog"
@@ -222,6 +224,31 @@ def check(
     except psycopg.Error as err:
         report.add("changelog", False, f"cannot read: {str(err).strip().splitlines()[0]}")
     return report
+
+
+def _epoch(conn: psycopg.Connection[Any], report: HealthReport) -> None:
+    """Whether the change positions belong to this server (migration 0004, backup/restore)."""
+    try:
+        row = conn.execute(
+            "SELECT e.epoch, e.system_identifier = s.system_identifier, e.adopted_at "
+            "FROM datastore_epoch AS e, pg_control_system() AS s"
+        ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return  # a schema before 0004: the schema check already says so
+    except psycopg.Error as err:
+        report.add("epoch", False, f"cannot read datastore_epoch: {str(err).strip()}")
+        return
+    if row is None:
+        report.add("epoch", False, "datastore_epoch is empty: change streams refuse to start")
+    elif not row[1]:
+        report.add(
+            "epoch",
+            False,
+            "restored from a backup of another server and not adopted: change streams refuse "
+            "to start until the migration role runs SELECT * FROM datastore_adopt_restore()",
+        )
+    else:
+        report.add("epoch", True, f"token epoch {int(row[0]):x}, this server's change positions")
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:

@@ -150,6 +150,24 @@ def keys(events: list[ChangeEvent]) -> list[tuple[str, str, int]]:
     return [(e["operationType"], e["documentKey"]["_id"], e["documentVersion"]) for e in events]
 
 
+def health_json(db: PostgresDatabase) -> dict[str, Any]:
+    """``nvsentinel-store health --json`` as the application user."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATASTORE_"))}
+    env.update(db.datastore_env())
+    check = subprocess.run(
+        [sys.executable, "-m", "nvsentinel_store.cli", "health", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode in (0, 1), check.stdout + check.stderr
+    report: dict[str, Any] = json.loads(check.stdout)
+    assert check.returncode == (0 if report["healthy"] else 1)
+    return report
+
+
 def burn_transaction_ids(db: PostgresDatabase, count: int) -> None:
     """Advance the source server's transaction counter (a busy production server)."""
     subprocess.run(
@@ -250,6 +268,11 @@ def test_backup_cronjob_dump_restores_into_a_fresh_server_with_documents_trigger
     target = PostgresDatabase(server=fresh_server, name=DATABASE)
     assert snapshot(target.conninfo(user=MIGRATION_USER)) == before
 
+    before_adoption = health_json(target)
+    assert before_adoption["healthy"] is False
+    epoch_check = {c["name"]: c for c in before_adoption["checks"]}["epoch"]
+    assert not epoch_check["ok"] and "datastore_adopt_restore()" in epoch_check["detail"]
+
     with PostgresStore(
         target.conninfo(user=APP_USER), DATABASE, StoreOptions(retry_timeout=10.0)
     ) as restored:
@@ -311,19 +334,9 @@ def test_backup_cronjob_dump_restores_into_a_fresh_server_with_documents_trigger
             health.watch(resume_after=old_token)
         resumed.close()
 
-    # The restored store is healthy as the operators' tool sees it.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATASTORE_"))}
-    env.update(target.datastore_env())
-    check = subprocess.run(
-        [sys.executable, "-m", "nvsentinel_store.cli", "health", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-    report = json.loads(check.stdout)
+    # The restored and adopted store is healthy as the operators' tool sees it.
+    report = health_json(target)
+    assert report["healthy"] is True, report
     assert {c["name"]: c["ok"] for c in report["checks"]}["triggers"] is True
 
 

@@ -223,7 +223,15 @@ def test_health_prints_an_aligned_table_for_people(
     result = run_cli(schema_database, "health")
     assert result.returncode == 0, result.stdout + result.stderr
     checks = health_table(result.stdout)
-    assert list(checks) == ["connection", "tls", "schema", "triggers", "changelog", "delivery"]
+    assert list(checks) == [
+        "connection",
+        "tls",
+        "schema",
+        "triggers",
+        "epoch",
+        "changelog",
+        "delivery",
+    ]
     assert all(status == "ok" for status, _ in checks.values())
     assert checks["triggers"][1] == "8 present and enabled"
     blocks = result.stdout.split("\n\n")
