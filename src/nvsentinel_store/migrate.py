@@ -51,13 +51,16 @@ This module never prints: it reports through the ``on_progress`` and
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import math
 import random
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -270,7 +273,7 @@ def to_store_json(value: Any, path: str = "") -> Any:
     if isinstance(value, list | tuple):
         return [to_store_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, datetime):
-        return encode_datetime(value)
+        return rfc3339(value)
     if isinstance(value, ObjectId):
         return str(value)
     if isinstance(value, uuid.UUID):
@@ -292,6 +295,14 @@ def to_store_json(value: Any, path: str = "") -> Any:
     )
 
 
+def rfc3339(value: datetime) -> str:
+    """:func:`~nvsentinel_store.query.encode_datetime`'s exact output, without strftime's cost."""
+    utc = value.astimezone(UTC) if value.tzinfo is not None else value
+    if utc.year < 1000:
+        return encode_datetime(value)
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
 def _decimal(number: Decimal, path: str) -> Any:
     if not number.is_finite():
         raise InvalidDocument(f"{path}: decimal {number} cannot be stored in JSON")
@@ -304,24 +315,41 @@ def _decimal(number: Decimal, path: str) -> Any:
     return str(number)
 
 
-def _pairs_hook(pairs: list[tuple[str, Any]]) -> Any:
-    """json.loads hook: extended JSON objects through bson.json_util, converted at once."""
-    for key, _ in pairs:
-        if key.startswith("$"):
-            decoded = json_util.object_pairs_hook(pairs, JSON_OPTIONS)
-            if isinstance(decoded, dict):
-                return decoded  # not an extended JSON type: an ordinary object
-            try:
-                return to_store_json(decoded, key)
-            except InvalidDocument as err:
-                raise InvalidDocument(f"extended JSON {key}: {err}") from err
-    return dict(pairs)
+def _object_hook(obj: dict[str, Any]) -> Any:
+    """json.loads hook: extended JSON objects through bson.json_util, converted at once.
+
+    Extended JSON wrappers have one to three keys, the first starting with
+    ``$``; larger objects and objects without such a key are returned as they
+    are. The ISO date strings of relaxed mode take a shortcut through
+    :meth:`datetime.fromisoformat` (same instant, several times faster);
+    anything it does not take goes to json_util.
+    """
+    if len(obj) > 3:
+        return obj
+    for key in obj:
+        if key[:1] == "$":
+            break
+    else:
+        return obj
+    date = obj.get("$date")
+    if type(date) is str and len(obj) == 1 and len(date) >= 20 and date[10] == "T":
+        try:
+            return rfc3339(datetime.fromisoformat(date))
+        except ValueError:
+            pass  # let json_util decide
+    decoded = json_util.object_hook(obj, JSON_OPTIONS)
+    if isinstance(decoded, dict):
+        return decoded  # not an extended JSON type: an ordinary object
+    try:
+        return to_store_json(decoded, key)
+    except InvalidDocument as err:
+        raise InvalidDocument(f"extended JSON {key}: {err}") from err
 
 
 def parse_line(text: str) -> dict[str, Any]:
     """One line of mongoexport output as the store's JSON document (unchecked)."""
     try:
-        value = json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_no_constant)
+        value = json.loads(text, object_hook=_object_hook, parse_constant=_no_constant)
     except InvalidDocument:
         raise
     except (ValueError, TypeError, KeyError, OverflowError) as err:
@@ -371,8 +399,11 @@ def check_document(collection: str, doc: dict[str, Any]) -> str:
     return str(doc_id)
 
 
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _dump(doc: dict[str, Any]) -> str:
-    text = json.dumps(doc, separators=(",", ":"))
+    text = _ENCODER.encode(doc)
     if "\\u0000" in text and _has_nul(doc):
         raise InvalidDocument("a string holds a NUL character, which PostgreSQL cannot store")
     return text
@@ -561,6 +592,23 @@ class _Pending:
     document: dict[str, Any]
 
 
+def copy_payload(batch: Sequence[_Pending]) -> bytes:
+    """The batch as COPY text rows ``seq<TAB>document``.
+
+    The documents are ``json.dumps`` output with ASCII escapes, so they hold no
+    tab, newline or carriage return; COPY's only other special character, the
+    backslash, is doubled. Built in the reading thread, so that the writer
+    thread hands the server one buffer and holds the GIL only briefly.
+    """
+    return "".join(
+        [f"{seq}\t{p.text.replace(chr(92), chr(92) * 2)}\n" for seq, p in enumerate(batch)]
+    ).encode("ascii")
+
+
+#: What a batch write did: the ids inserted, and the documents refused with the reason.
+_WriteResult = tuple[set[str], list[tuple[_Pending, str]]]
+
+
 class _Sampler:
     """A uniform sample of up to ``size`` documents (reservoir sampling)."""
 
@@ -628,8 +676,11 @@ class _Importer:
         self.conn.commit()
         self._staging_ready = True
 
-    def write(self, batch: list[_Pending]) -> tuple[set[str], list[tuple[_Pending, str]]]:
-        """Insert ``batch``; returns the ids inserted and the (document, reason) refused."""
+    def write(self, batch: list[_Pending], payload: bytes) -> _WriteResult:
+        """Insert ``batch``; returns the ids inserted and the (document, reason) refused.
+
+        ``payload`` is the batch as COPY text (see :func:`copy_payload`).
+        """
         if self.options.dry_run:
             return set(), []
         self._staging()
@@ -640,8 +691,7 @@ class _Importer:
                     with cur.copy(
                         "COPY nvsentinel_migrate_staging (seq, document) FROM STDIN"
                     ) as copy:
-                        for seq, pending in enumerate(batch):
-                            copy.write_row((seq, pending.text))
+                        copy.write(payload)
                     cur.execute(
                         sql.SQL(
                             "INSERT INTO {} (document) SELECT document "
@@ -659,9 +709,7 @@ class _Importer:
             # not cost the others: insert one by one, each in a savepoint.
             return self._write_one_by_one(batch)
 
-    def _write_one_by_one(
-        self, batch: list[_Pending]
-    ) -> tuple[set[str], list[tuple[_Pending, str]]]:
+    def _write_one_by_one(self, batch: list[_Pending]) -> _WriteResult:
         inserted: set[str] = set()
         refused: list[tuple[_Pending, str]] = []
         query = sql.SQL(
@@ -750,24 +798,32 @@ def migrate(
     seen_ids: dict[str, set[str]] = {c: set() for c in collections}
     samplers = {c: _Sampler(options.sample_size) for c in collections}
     counters: dict[str, Callable[[], int]] = {}
-    for collection in collections:
-        mine = [s for s in source_list if s.collection == collection]
-        for source in mine:
-            if source.count is not None:
-                counters[collection] = source.count
-        run = _CollectionRun(
-            conn,
-            collection,
-            options,
-            report.summaries[collection],
-            seen_ids[collection],
-            samplers[collection],
-            on_progress,
-            on_reject,
-        )
-        for source in mine:
-            run.read(source)
-        run.finish()
+    with (
+        _short_gil_slices(),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="migrate-writer") as executor,
+    ):
+        for collection in collections:
+            mine = [s for s in source_list if s.collection == collection]
+            for source in mine:
+                if source.count is not None:
+                    counters[collection] = source.count
+            run = _CollectionRun(
+                conn,
+                collection,
+                options,
+                report.summaries[collection],
+                seen_ids[collection],
+                samplers[collection],
+                on_progress,
+                on_reject,
+                executor,
+            )
+            try:
+                for source in mine:
+                    run.read(source)
+                run.finish()
+            finally:
+                run.abandon()
     if not options.dry_run:
         for collection in collections:
             report.summaries[collection].target_count = _count(conn, collection)
@@ -778,6 +834,28 @@ def migrate(
         }
     report.elapsed = time.monotonic() - started
     return report
+
+
+#: The interpreter's thread switch interval while importing (default 5 ms).
+SWITCH_INTERVAL_S: Final = 0.0005
+
+
+@contextlib.contextmanager
+def _short_gil_slices() -> Iterator[None]:
+    """Shorter GIL slices while the writer thread runs.
+
+    The reading thread parses without pause; with the default 5 ms slices the
+    writer thread, which needs the GIL for a moment after each network wait
+    (COPY chunks, statement results), waits up to 5 ms each time and the
+    server idles meanwhile. 0.5 ms slices took the import from about 14,000 to
+    about 20,000 documents/s on the benchmark machine. Restored afterwards.
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, SWITCH_INTERVAL_S))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 class _CollectionRun:
@@ -793,8 +871,11 @@ class _CollectionRun:
         sampler: _Sampler,
         on_progress: ProgressCallback | None,
         on_reject: RejectCallback | None,
+        executor: ThreadPoolExecutor,
     ) -> None:
         self.importer = _Importer(conn, collection, options)
+        self.executor = executor
+        self.in_flight: tuple[list[_Pending], Future[_WriteResult]] | None = None
         self.collection = collection
         self.options = options
         self.summary = summary
@@ -834,11 +915,27 @@ class _CollectionRun:
             self.on_reject(Reject(self.collection, where, reason, raw, doc_id))
 
     def flush(self) -> None:
+        """Hand the batch to the writer thread (after settling the one before).
+
+        Reading and parsing the next batch in this thread overlaps with the
+        database's work on this one; the connection is only ever used by one
+        thread at a time.
+        """
         batch, self.batch = self.batch, []
         if not batch:
             return
+        self.settle()
+        payload = b"" if self.options.dry_run else copy_payload(batch)
+        self.in_flight = (batch, self.executor.submit(self.importer.write, batch, payload))
+
+    def settle(self) -> None:
+        """Wait for the batch in flight and count its documents."""
+        if self.in_flight is None:
+            return
+        batch, future = self.in_flight
+        self.in_flight = None
         try:
-            inserted, refused = self.importer.write(batch)
+            inserted, refused = future.result()
         except psycopg.OperationalError as err:
             raise StoreUnavailableError(
                 f"{self.collection}: the connection to the target was lost during a batch "
@@ -906,8 +1003,16 @@ class _CollectionRun:
             )
         )
 
+    def abandon(self) -> None:
+        """After an error: wait for the batch in flight (it commits or rolls back whole)."""
+        if self.in_flight is not None:
+            _, future = self.in_flight
+            self.in_flight = None
+            wait([future])
+
     def finish(self) -> None:
         self.flush()
+        self.settle()
         self.progress(done=True)
 
 

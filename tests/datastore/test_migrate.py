@@ -16,7 +16,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from nvsentinel_store import cli, migrate
 from nvsentinel_store.config import Settings, mongo_client_kwargs
 from nvsentinel_store.errors import ConfigError
 from nvsentinel_store.providers.postgresql import PostgresStore
-from nvsentinel_store.query import json_equal
+from nvsentinel_store.query import encode_datetime, json_equal
 from nvsentinel_store.store import WatchOptions
 from tests.fixtures.ca import Pki
 from tests.fixtures.ferretdb import FerretDBServer
@@ -559,3 +559,16 @@ def test_live_source_without_certificates_is_a_usage_error(
     code, _, err = run(schema_database, "--from-mongodb", "--source-host", "localhost")
     assert code == cli.EXIT_USAGE
     assert "--source-cert-dir" in err
+
+
+def test_dates_are_written_exactly_as_the_python_store_writes_them() -> None:
+    samples = [
+        datetime(2026, 3, 1, 10, 0, 0, 123000, tzinfo=UTC),
+        datetime(2026, 3, 1, 5, 0, 0, 500000, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
+        datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC),
+        datetime(2026, 3, 1, 10, 0, 0),  # naive: UTC, as the store reads it
+    ]
+    for value in samples:
+        assert migrate.rfc3339(value) == encode_datetime(value)
