@@ -26,6 +26,8 @@ MARKER=".nvsentinel-local-cluster"
 BRIDGE_GUARD_RULE=(-i "${BRIDGE}" ! -o "${BRIDGE}" -m comment --comment "nvsentinel-local: pod traffic stays on its bridge" -j DROP)
 COMPONENTS=(kube-scheduler containerd kubelet kube-proxy)
 PERSISTENT_VOLUMES=8
+# Port 9 (discard) on loopback: nothing listens there.
+NO_REGISTRY_PROXY="http://127.0.0.1:9"
 # Sysctls kubelet (and the CNI bridge) may set; down puts back what up found.
 SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
 	kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward)
@@ -377,7 +379,12 @@ EOF
 
 start_containerd() {
 	write_containerd_config
-	start containerd containerd --config "${CONTAINERD_DIR}/config.toml" --log-level warn
+	# No registry is reachable and none may be tried: every pull goes to a
+	# proxy on a closed loopback port and fails there, without a DNS lookup or
+	# a packet off the machine (images come from load-image).
+	start containerd env HTTP_PROXY="${NO_REGISTRY_PROXY}" HTTPS_PROXY="${NO_REGISTRY_PROXY}" NO_PROXY= \
+		http_proxy="${NO_REGISTRY_PROXY}" https_proxy="${NO_REGISTRY_PROXY}" no_proxy= \
+		containerd --config "${CONTAINERD_DIR}/config.toml" --log-level warn
 	wait_until containerd "its socket answering" ctr --address "${CONTAINERD_SOCK}" version
 }
 
