@@ -77,6 +77,10 @@ frontier raises :class:`~nvsentinel_store.errors.HistoryLostError` -- at open
 and at every poll (the frontier is read in the same snapshot as the rows) --
 and never skips ahead on its own. ``from_beginning`` starts at the frontier.
 
+Starting "now" means at ``(horizon, 0)``: every change committed after the
+stream opened is delivered, and so may be a few committed just before (those
+whose ids are above a transaction that was still running).
+
 Backup and restore: positions are transaction ids of the server that wrote
 them, and a server restored from ``pg_dump`` counts its own. Table
 ``datastore_epoch`` (migration 0004) names the server the positions belong to
@@ -86,9 +90,6 @@ adopted yet) it raises :class:`~nvsentinel_store.errors.HistoryLostError`
 instead of misreading positions. ``datastore_adopt_restore()`` rebases the
 stored positions (consumers keep their place) and draws a new epoch, so a
 token handed out before the restore is refused, never misread.
-Starting "now" means at ``(horizon, 0)``: every change committed after the
-stream opened is delivered, and so may be a few committed just before (those
-whose ids are above a transaction that was still running).
 
 Wake-up: adaptive polling
 =========================
