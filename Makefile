@@ -28,8 +28,9 @@ test-e2e: ## Pods on kind (skips without a container engine)
 lint: ## ruff, mypy --strict, shellcheck, helm lint --strict, generated docs current
 	hack/lint.sh
 
-bench: ## Change-stream benchmarks; writes docs/benchmarks.md
+bench: ## Benchmarks (change streams, migration); writes docs/benchmarks.md and docs/benchmarks-migration.md
 	.venv/bin/python -m bench.changestream --write docs/benchmarks.md
+	.venv/bin/python -m bench.migrate --write docs/benchmarks-migration.md
 
 e2e: ## Create a kind cluster and run the end-to-end suite (needs Docker)
 	hack/e2e.sh
