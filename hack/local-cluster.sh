@@ -179,7 +179,9 @@ wait_until() {
 	shift 2
 	deadline=$((SECONDS + READY_TIMEOUT_SECONDS))
 	while ((SECONDS < deadline)); do
-		[[ -n "$(component_pid "${name}")" ]] || fail_component "${name}" "exited"
+		# The pid, not component_pid: right after the fork the process may not
+		# have exec'd its program yet.
+		kill -0 "$(cat "$(pid_file "${name}")")" 2>/dev/null || fail_component "${name}" "exited"
 		"$@" >/dev/null 2>&1 && return 0
 		sleep 0.5
 	done
@@ -779,7 +781,7 @@ stop_component() {
 remove_pods() {
 	[[ -n "$(component_pid kubelet)" && -f "$(kubeconfig_path)" ]] || return 0
 	kubectl delete pods --all --all-namespaces --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
-	local deadline=$((SECONDS + 30))
+	local deadline=$((SECONDS + 20))
 	while ((SECONDS < deadline)); do
 		[[ -z "$(ctr_ tasks ls -q 2>/dev/null)" ]] && return 0
 		sleep 1
@@ -893,11 +895,12 @@ remove_cgroups() {
 }
 
 stop_everything() {
+	# Without a scheduler, the pods controllers make again stay Pending.
+	stop_component kube-scheduler
 	remove_pods
 	stop_component kube-proxy
 	stop_component kubelet
 	kill_containers
-	stop_component kube-scheduler
 	stop_component containerd
 	kill_shims
 	if [[ -f "${STATE_DIR}/baseline/done" ]]; then
