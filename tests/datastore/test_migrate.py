@@ -489,7 +489,9 @@ def test_progress_is_logged_with_counts_and_rate_when_not_on_a_terminal(
 
 
 @pytest.fixture
-def mongo_source(ferretdb_server: FerretDBServer, test_ca: Pki) -> Iterator[tuple[Any, list[str]]]:
+def mongo_source(
+    ferretdb_sqlite_server: FerretDBServer, test_ca: Pki
+) -> Iterator[tuple[Any, list[str]]]:
     """A fresh database on FerretDB and the CLI options that reach it."""
     name = f"m_{uuid.uuid4().hex[:12]}"
     certs = test_ca.client("nvsentinel")
@@ -497,7 +499,7 @@ def mongo_source(ferretdb_server: FerretDBServer, test_ca: Pki) -> Iterator[tupl
         {
             "DATASTORE_PROVIDER": "mongodb",
             "DATASTORE_HOST": "localhost",
-            "DATASTORE_PORT": str(ferretdb_server.port),
+            "DATASTORE_PORT": str(ferretdb_sqlite_server.port),
             "DATASTORE_DATABASE": name,
             "MONGODB_CLIENT_CERT_MOUNT_PATH": str(certs.path),
         }
@@ -510,7 +512,7 @@ def mongo_source(ferretdb_server: FerretDBServer, test_ca: Pki) -> Iterator[tupl
     options = [
         "--from-mongodb",
         "--source-host=localhost",
-        f"--source-port={ferretdb_server.port}",
+        f"--source-port={ferretdb_sqlite_server.port}",
         f"--source-database={name}",
         f"--source-cert-dir={certs.path}",
         "--source-auth=none",

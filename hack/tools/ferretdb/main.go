@@ -1,6 +1,6 @@
 // Command ferretdb runs FerretDB (a MongoDB wire-protocol server on a PostgreSQL
-// backend) through its embeddable package, as a stand-in for MongoDB reads and
-// writes in the datastore tests. FerretDB has no change streams.
+// or SQLite backend) through its embeddable package, as a stand-in for MongoDB
+// reads and writes in the datastore tests. FerretDB has no change streams.
 //
 // FerretDB's own command panics unless it was built from its git checkout (it
 // embeds a generated version file); the embeddable package has no such need.
@@ -25,9 +25,10 @@ func main() {
 	flag.StringVar(&cfg.Listener.TLSCertFile, "listen-tls-cert-file", "", "server certificate (PEM)")
 	flag.StringVar(&cfg.Listener.TLSKeyFile, "listen-tls-key-file", "", "server key (PEM)")
 	flag.StringVar(&cfg.Listener.TLSCAFile, "listen-tls-ca-file", "", "CA for client certificates (PEM); set to require them")
-	flag.StringVar(&cfg.PostgreSQLURL, "postgresql-url", "", "PostgreSQL backend URL")
+	flag.StringVar(&cfg.Handler, "handler", "postgresql", "backend: postgresql or sqlite")
+	flag.StringVar(&cfg.PostgreSQLURL, "postgresql-url", "", "PostgreSQL backend URL (handler postgresql)")
+	flag.StringVar(&cfg.SQLiteURL, "sqlite-url", "", "SQLite backend directory URI, e.g. file:/tmp/data/ (handler sqlite)")
 	flag.Parse()
-	cfg.Handler = "postgresql"
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
 	server, err := ferretdb.New(&cfg)
