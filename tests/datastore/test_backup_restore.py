@@ -385,3 +385,53 @@ def test_restore_on_the_same_server_needs_no_adoption_and_keeps_tokens(
                 assert take(from_token, 1)[0]["_id"]["_data"] > handled["_id"]["_data"]
     finally:
         server.drop_database(name)
+
+
+def test_a_stream_running_across_a_restore_refuses_when_it_reconnects_to_the_new_server(
+    objects: list[dict[str, Any]],
+    schema_database: PostgresDatabase,
+    store: PostgresStore,
+    fresh_server: PostgresServer,
+    tmp_path: Path,
+) -> None:
+    """The Service now leads to the restored server: the stream's next connection lands
+    there, and it stops with HistoryLostError instead of reading the new server's ids
+    with its old cursor, before and after adoption."""
+    script_dir = scripts(objects, tmp_path / "scripts")
+    run_initdb_script(schema_database.server, schema_database.name, script_dir)
+    burn_transaction_ids(schema_database, 1000)
+    populate(store)
+    dialled = [schema_database.conninfo(user=APP_USER, application_name="moving-stream")]
+    stream = PostgresChangeStream(
+        lambda: psycopg.connect(dialled[0], autocommit=True),
+        DATABASE,
+        "health_events",
+        from_beginning=True,
+        options=FAST,
+    )
+    take(stream, 2)
+
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    backup = run_backup_cronjob(objects, schema_database, script_dir, backups)
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    fresh_server.psql(f"CREATE DATABASE {DATABASE}")
+    run_initdb_script(fresh_server, DATABASE, script_dir)
+    pg_restore(fresh_server, next(backups.glob("*.dump")))
+    target = PostgresDatabase(server=fresh_server, name=DATABASE)
+
+    # Fail over: new address, old connection gone.
+    dialled[0] = target.conninfo(user=APP_USER, application_name="moving-stream")
+    schema_database.server.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'moving-stream'"
+    )
+    with pytest.raises(HistoryLostError, match="restored from a backup of another server"):
+        for _ in range(50):  # the buffered events first, then the reconnect
+            stream.try_next(timeout=0.2)
+
+    with psycopg.connect(target.conninfo(user=MIGRATION_USER), autocommit=True) as conn:
+        conn.execute("SELECT * FROM datastore_adopt_restore()")
+    with pytest.raises(HistoryLostError, match="restored from a backup while the stream ran"):
+        stream.try_next(timeout=1.0)
+    stream.close()
