@@ -334,6 +334,15 @@ def test_backup_cronjob_dump_restores_into_a_fresh_server_with_documents_trigger
             health.watch(resume_after=old_token)
         resumed.close()
 
+        # Pruning works on the rebased history: it deletes what every live consumer
+        # passed, and the consumer resumes after it without a gap.
+        pruned = {r.collection: r for r in restored.prune(0)}
+        passed = 9 + 1 + 2  # restored changes, the one before adoption, the two after
+        assert pruned["health_events"].deleted_changes == passed
+        after_prune = health.insert_one({"healthevent": {"nodename": "after-prune"}})
+        with health.watch(client_name="fault-quarantine", options=FAST) as again:
+            assert keys(take(again, 1)) == [("insert", after_prune, 1)]
+
     # The restored and adopted store is healthy as the operators' tool sees it.
     report = health_json(target)
     assert report["healthy"] is True, report
