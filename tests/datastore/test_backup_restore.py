@@ -150,13 +150,17 @@ def keys(events: list[ChangeEvent]) -> list[tuple[str, str, int]]:
     return [(e["operationType"], e["documentKey"]["_id"], e["documentVersion"]) for e in events]
 
 
-def health_json(db: PostgresDatabase) -> dict[str, Any]:
-    """``nvsentinel-store health --json`` as the application user."""
+def cli_env(db: PostgresDatabase) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATASTORE_"))}
     env.update(db.datastore_env())
+    return env
+
+
+def health_json(db: PostgresDatabase) -> dict[str, Any]:
+    """``nvsentinel-store health --json`` as the application user."""
     check = subprocess.run(
         [sys.executable, "-m", "nvsentinel_store.cli", "health", "--json"],
-        env=env,
+        env=cli_env(db),
         capture_output=True,
         text=True,
         timeout=60,
@@ -272,6 +276,24 @@ def test_backup_cronjob_dump_restores_into_a_fresh_server_with_documents_trigger
     assert before_adoption["healthy"] is False
     epoch_check = {c["name"]: c for c in before_adoption["checks"]}["epoch"]
     assert not epoch_check["ok"] and "datastore_adopt_restore()" in epoch_check["detail"]
+    watch = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nvsentinel_store.cli",
+            "watch",
+            "--collection=health_events",
+            "--client-name=fault-quarantine",
+            "--idle-exit=1",
+        ],
+        env=cli_env(target),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert watch.returncode == 3, watch.stdout + watch.stderr  # history lost
+    assert "datastore_adopt_restore()" in watch.stderr and watch.stdout == ""
 
     with PostgresStore(
         target.conninfo(user=APP_USER), DATABASE, StoreOptions(retry_timeout=10.0)
