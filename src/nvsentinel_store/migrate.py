@@ -149,7 +149,7 @@ class CollectionSummary:
     imported: int = 0
     already_present: int = 0
     rejected: int = 0
-    #: Documents the target table holds after the run (``None`` if not counted).
+    #: Documents the target table holds after the run (also counted in a dry run).
     target_count: int | None = None
 
 
@@ -849,9 +849,8 @@ def migrate(
                 run.finish()
             finally:
                 run.abandon()
-    if not options.dry_run:
-        for collection in collections:
-            report.summaries[collection].target_count = _count(conn, collection)
+    for collection in collections:
+        report.summaries[collection].target_count = _count(conn, collection)
     if options.verify:
         report.verify = {
             c: _verify(conn, report.summaries[c], seen_ids[c], samplers[c], counters.get(c))

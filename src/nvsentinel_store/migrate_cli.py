@@ -278,7 +278,7 @@ class _Progress:
             mode = "line" if err.isatty() else "log"
         self.err = err
         self.mode = mode
-        self.last_log = 0.0
+        self.last_log = time.monotonic()
         self.drawn = False
 
     def __call__(self, p: migrate.Progress) -> None:
