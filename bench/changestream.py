@@ -73,10 +73,13 @@ def run(quick: bool, command: str, log: Progress) -> Report:
     with running_server() as bs:
         machine = describe_machine(bs.version)
         log(f"PostgreSQL {machine.postgresql} on 127.0.0.1:{bs.server.port}")
+        meter = bs.cpu_meter()
         writes = measure_writes(bs, plan, log)
         drains = measure_drain(bs, plan, log)
         latencies = measure_latency(bs, plan, log)
         loss = measure_loss(bs, plan, log)
+        other_cpu = meter.others_cores()
+        log(f"other work used {other_cpu:.2f} cores on average during the run")
         log("stopping PostgreSQL")
     return Report(
         command=command,
@@ -86,6 +89,7 @@ def run(quick: bool, command: str, log: Progress) -> Report:
         machine=machine,
         load_start=load_start,
         load_end=load_average(),
+        other_cpu=other_cpu,
         duration_s=log.elapsed,
         writes=writes,
         drains=drains,

@@ -72,6 +72,7 @@ class Report:
     machine: Machine
     load_start: str
     load_end: str
+    other_cpu: float
     duration_s: float
     writes: list[WriteCell]
     drains: list[DrainResult]
@@ -168,6 +169,7 @@ def render(r: Report) -> str:
             ("Python", m.python),
             ("Load average (1/5/15 min) at start", r.load_start),
             ("Load average (1/5/15 min) at end", r.load_end),
+            ("CPU used by other work during the run", f"{r.other_cpu:.2f} cores (average)"),
             ("Duration", f"{r.duration_s:.0f} s"),
         ],
     )
