@@ -55,8 +55,11 @@ import contextlib
 import gzip
 import json
 import math
+import pickle
 import random
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -248,8 +251,9 @@ class MigrateOptions:
     verify: bool = False
     #: Documents per collection compared field by field by ``verify``.
     sample_size: int = DEFAULT_SAMPLE_SIZE
-    #: Seconds between progress reports (besides one per batch of ``batch_size``).
-    progress_interval: float = 0.5
+    #: Files at least this big are parsed by a separate process (0: every file;
+    #: ``None``: none).
+    subprocess_min_bytes: int | None = 4 * 1024 * 1024
 
 
 # -- conversion ------------------------------------------------------------------------
@@ -456,6 +460,8 @@ class Source:
     records: Callable[[], Iterator[Record]]
     #: The number of documents the source holds now (live MongoDB), for verify.
     count: Callable[[], int] | None = None
+    #: The file, for file sources (big files are parsed in a separate process).
+    path: Path | None = None
 
 
 def collection_for_file(path: Path) -> str | None:
@@ -514,7 +520,7 @@ def file_sources(paths: Sequence[Path], collections: Sequence[str]) -> list[Sour
 
 
 def _file_source(path: Path, collection: str) -> Source:
-    return Source(collection, str(path), lambda: read_file(path))
+    return Source(collection, str(path), lambda: read_file(path), path=path)
 
 
 def _open_binary(path: Path) -> IO[bytes]:
@@ -595,13 +601,134 @@ def _id_text(value: Any) -> str:
 
 @dataclass
 class _Pending:
-    """A document checked and ready: where it came from, its id, text and parse."""
+    """A document checked and ready: where it came from, its id, its JSON text."""
 
     where: str
     raw: str
     id: str
     text: str
-    document: dict[str, Any]
+    #: A maintenance event's eventId (``None`` for health events).
+    event_id: str | None
+
+
+@dataclass
+class _Batch:
+    """Up to a batch size of documents read: the good ones, the rejects, the COPY payload.
+
+    Built where the reading happens (this thread, or a parser process for big
+    files) and handed to the writer as one object.
+    """
+
+    read: int
+    pendings: list[_Pending]
+    #: (where, reason, raw, id) of documents that failed to read or check.
+    rejects: list[tuple[str, str, str, str | None]]
+    payload: bytes
+
+
+def _batches(
+    records: Iterable[Record], collection: str, batch_size: int, payload: bool
+) -> Iterator[_Batch]:
+    """Check and serialise ``records`` into batches of ``batch_size`` good documents."""
+    read = 0
+    pendings: list[_Pending] = []
+    rejects: list[tuple[str, str, str, str | None]] = []
+    maintenance = collection == "maintenance_events"
+    for record in records:
+        read += 1
+        doc = record.document
+        if doc is None:
+            rejects.append((record.where, record.error or "unreadable", record.raw, None))
+            continue
+        try:
+            doc_id = check_document(collection, doc)
+            text = _dump(doc)
+        except InvalidDocument as err:
+            rejects.append((record.where, str(err), record.raw, _safe_id(doc)))
+            continue
+        event_id = _event_id(doc) if maintenance else None
+        pendings.append(_Pending(record.where, record.raw, doc_id, text, event_id))
+        if len(pendings) >= batch_size:
+            yield _Batch(read, pendings, rejects, copy_payload(pendings) if payload else b"")
+            read, pendings, rejects = 0, [], []
+    if read:
+        yield _Batch(read, pendings, rejects, copy_payload(pendings) if payload else b"")
+
+
+def _batch_frames(path: str, collection: str, batch_size: int, payload: bool) -> None:
+    """The parser process: pickled frames of one file's batches on stdout, then an end frame.
+
+    Frames are plain tuples (no classes of this module, which runs here under
+    another name): ``("batch", read, pendings, rejects, payload)``, then
+    ``("end",)`` or ``("error", message)``.
+    """
+    out = sys.stdout.buffer
+    try:
+        for batch in _batches(read_file(Path(path)), collection, batch_size, payload):
+            pendings = [(p.where, p.raw, p.id, p.text, p.event_id) for p in batch.pendings]
+            frame = ("batch", batch.read, pendings, batch.rejects, batch.payload)
+            pickle.dump(frame, out, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(("end",), out)
+    except Exception as err:
+        pickle.dump(("error", f"{type(err).__name__}: {err}"), out)
+    out.flush()
+
+
+_PARSER_CODE: Final = (
+    "import sys; from nvsentinel_store.migrate import _batch_frames; "
+    "_batch_frames(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == '1')"
+)
+
+
+def _file_batches_in_child(
+    path: Path, collection: str, batch_size: int, payload: bool
+) -> Iterator[_Batch]:
+    """The batches of a file, read and parsed by a separate Python process.
+
+    Parsing costs about as much CPU per document as the database's work; in
+    this process it would compete for the GIL with the writer thread, in its
+    own process it runs on another core. The child is this interpreter
+    (``sys.executable``) running :func:`_batch_frames`.
+    """
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _PARSER_CODE,
+                str(path),
+                collection,
+                str(batch_size),
+                "1" if payload else "0",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )
+        assert proc.stdout is not None
+        try:
+            while True:
+                try:
+                    frame = pickle.load(proc.stdout)
+                except EOFError:
+                    proc.wait()
+                    errors.seek(0)
+                    tail = errors.read().decode(errors="replace").strip().splitlines()[-3:]
+                    raise ConfigError(
+                        f"{path}: the parser process ended early (exit {proc.returncode}): "
+                        + " / ".join(tail)
+                    ) from None
+                if frame[0] == "end":
+                    return
+                if frame[0] == "error":
+                    raise ConfigError(f"{path}: reading failed: {frame[1]}")
+                _, read, pendings, rejects, data = frame
+                yield _Batch(read, [_Pending(*p) for p in pendings], rejects, data)
+        finally:
+            proc.stdout.close()
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait()
 
 
 def copy_payload(batch: Sequence[_Pending]) -> bytes:
@@ -630,7 +757,7 @@ class _Sampler:
     def __init__(self, size: int, seed: int | None = None) -> None:
         self.size = size
         self.seen = 0
-        self.items: list[tuple[str, dict[str, Any]]] = []
+        self.items: list[tuple[str, str]] = []
         self._rng = random.Random(seed)
         self._w = 1.0
         self._next = size
@@ -640,7 +767,7 @@ class _Sampler:
         gap = math.log(self._rng.random() or 1e-300) / math.log1p(-self._w)
         self._next += int(gap) + 1
 
-    def offer(self, doc_id: str, document: dict[str, Any]) -> None:
+    def offer(self, doc_id: str, document: str) -> None:
         index = self.seen
         self.seen += 1
         if index < self.size:
@@ -907,50 +1034,49 @@ class _CollectionRun:
         self.sampler = sampler
         self.on_progress = on_progress
         self.on_reject = on_reject
-        self.batch: list[_Pending] = []
         self.started = time.monotonic()
         self.last_report = 0.0
         self.source_name = ""
 
     def read(self, source: Source) -> None:
         self.source_name = source.name
-        for record in source.records():
-            self.summary.read += 1
-            if record.document is None:
-                self.reject(record.where, record.error or "unreadable", record.raw)
-                continue
-            doc = record.document
-            try:
-                doc_id = check_document(self.collection, doc)
-                text = _dump(doc)
-            except InvalidDocument as err:
-                self.reject(record.where, str(err), record.raw, _safe_id(doc))
-                continue
-            self.batch.append(_Pending(record.where, record.raw, doc_id, text, doc))
-            if len(self.batch) >= self.options.batch_size:
-                self.flush()
-            elif time.monotonic() - self.last_report >= self.options.progress_interval:
+        options = self.options
+        payload = not options.dry_run
+        threshold = options.subprocess_min_bytes
+        batches: Iterator[_Batch]
+        if (
+            source.path is not None
+            and threshold is not None
+            and source.path.stat().st_size >= threshold
+        ):
+            batches = _file_batches_in_child(
+                source.path, self.collection, options.batch_size, payload
+            )
+        else:
+            batches = _batches(source.records(), self.collection, options.batch_size, payload)
+        for batch in batches:
+            self.summary.read += batch.read
+            for where, reason, raw, doc_id in batch.rejects:
+                self.reject(where, reason, raw, doc_id)
+            if batch.pendings:
+                self.flush(batch)
+            else:
                 self.progress()
-        self.flush()
 
     def reject(self, where: str, reason: str, raw: str, doc_id: str | None = None) -> None:
         self.summary.rejected += 1
         if self.on_reject is not None:
             self.on_reject(Reject(self.collection, where, reason, raw, doc_id))
 
-    def flush(self) -> None:
+    def flush(self, batch: _Batch) -> None:
         """Hand the batch to the writer thread (after settling the one before).
 
-        Reading and parsing the next batch in this thread overlaps with the
-        database's work on this one; the connection is only ever used by one
-        thread at a time.
+        Reading and parsing the next batch overlaps with the database's work
+        on this one; the connection is only ever used by one thread at a time.
         """
-        batch, self.batch = self.batch, []
-        if not batch:
-            return
         self.settle()
-        payload = b"" if self.options.dry_run else copy_payload(batch)
-        self.in_flight = (batch, self.executor.submit(self.importer.write, batch, payload))
+        future = self.executor.submit(self.importer.write, batch.pendings, batch.payload)
+        self.in_flight = (batch.pendings, future)
 
     def settle(self) -> None:
         """Wait for the batch in flight and count its documents."""
@@ -974,9 +1100,7 @@ class _CollectionRun:
         ]
         present = self.importer.present([p.id for p in candidates])
         owners = self.importer.event_id_owners(
-            [_event_id(p.document) for p in candidates]
-            if self.collection == "maintenance_events"
-            else []
+            [p.event_id for p in candidates if p.event_id is not None]
         )
         counted: set[str] = set()
         for pending in batch:
@@ -987,7 +1111,7 @@ class _CollectionRun:
             if pending.id in self.seen_ids or pending.id in counted:
                 self.summary.already_present += 1
                 continue
-            holder = owners.get(_event_id(pending.document)) if owners else None
+            holder = owners.get(pending.event_id or "") if owners else None
             if pending.id in present:
                 self.summary.already_present += 1
             elif (dry_run and (holder is None or holder == pending.id)) or (
@@ -997,7 +1121,7 @@ class _CollectionRun:
             else:
                 self.reject(
                     pending.where,
-                    f"eventId {_event_id(pending.document)} is already stored under _id {holder}"
+                    f"eventId {pending.event_id} is already stored under _id {holder}"
                     if holder is not None
                     else "not stored: conflicts with a stored document",
                     pending.raw,
@@ -1006,7 +1130,7 @@ class _CollectionRun:
                 continue
             counted.add(pending.id)
             self.seen_ids.add(pending.id)
-            self.sampler.offer(pending.id, pending.document)
+            self.sampler.offer(pending.id, pending.text)
         self.progress()
 
     def progress(self, done: bool = False) -> None:
@@ -1035,7 +1159,6 @@ class _CollectionRun:
             wait([future])
 
     def finish(self) -> None:
-        self.flush()
         self.settle()
         self.progress(done=True)
 
@@ -1120,10 +1243,10 @@ def _verify(
         stored = {str(r[0]): r[1] for r in rows}
     target_count = _count(conn, collection)
     mismatches = []
-    for doc_id, document in sampler.items:
+    for doc_id, text in sampler.items:
         if doc_id not in stored:
             continue  # counted as missing above
-        diff = differences(document, stored[doc_id])
+        diff = differences(json.loads(text), stored[doc_id])
         if diff:
             mismatches.append(Mismatch(doc_id, tuple(diff)))
     source_count = summary.read if source_counter is None else source_counter()

@@ -574,3 +574,30 @@ def test_dates_are_written_exactly_as_the_python_store_writes_them() -> None:
     ]
     for value in samples:
         assert migrate.rfc3339(value) == encode_datetime(value)
+
+
+def test_a_file_parsed_by_a_separate_process_imports_the_same_documents_and_rejects(
+    schema_database: PostgresDatabase, export_dir: Path
+) -> None:
+    docs = list(documents("health_events", 120, seed=21))
+    lines = [export_line(d) for d in docs]
+    lines.insert(50, '{"_id":"bad","healthevent":{}}')
+    lines.insert(90, "not json")
+    (export_dir / "health_events.json").write_text("\n".join(lines) + "\n")
+    rejects: list[migrate.Reject] = []
+
+    with psycopg.connect(schema_database.conninfo(user=MIGRATION_USER)) as conn:
+        report = migrate.migrate(
+            conn,
+            migrate.file_sources([export_dir], ["health_events"]),
+            migrate.MigrateOptions(batch_size=40, subprocess_min_bytes=0, verify=True),
+            on_reject=rejects.append,
+        )
+
+    counts = report.summaries["health_events"]
+    assert (counts.read, counts.imported, counts.rejected) == (122, 120, 2)
+    assert sorted(r.where.rsplit(":", 1)[1] for r in rejects) == ["51", "91"]
+    assert report.verified is True
+    rows = stored(schema_database, "health_events")
+    for doc in docs:
+        assert json_equal(rows[str(doc["_id"])], expected_json(doc))
