@@ -261,12 +261,41 @@ def test_bootstrap_runs_the_umbrella_sql_once_with_the_role_names() -> None:
     assert values["NVS_BOOTSTRAP_SQL"] == f"{sql_dir}/bootstrap.sql"
     assert (values["NVS_APP_USER"], values["NVS_MIGRATION_USER"]) == ("svc", "owner")
     assert values["POSTGRES_DB"] == "nvsentinel"
-    initdb_dir = mount_of(server_container, "initdb-scripts")["mountPath"]
-    assert initdb_dir == "/docker-entrypoint-initdb.d"
-    scripts = volume(spec, "initdb-scripts")["configMap"]
-    assert [i["path"] for i in scripts["items"]] == ["10-nvsentinel-bootstrap.sh"]
-    # The SQL file is not in the initdb directory, where the image would run it without variables.
-    assert sql_dir != "/docker-entrypoint-initdb.d"
+    # init-data-directory runs initdb.sh (next to it in the scripts volume) with the same
+    # environment; no image entrypoint directory is involved.
+    init = container({"containers": spec["initContainers"]}, "init-data-directory")
+    assert env(init) == values
+    assert mount_of(init, "bootstrap")["mountPath"] == sql_dir
+    assert "initdb-scripts" not in {v["name"] for v in spec["volumes"]}
+
+
+def test_server_starts_without_any_image_entrypoint() -> None:
+    """An init container initialises the data directory with explicit commands and the
+    server container runs the postgres binary, so the image needs only the server
+    binaries on PATH (no entrypoint script of one particular image)."""
+    objects = render()
+    spec = pod_spec(statefulset(objects))
+    server_container = container(spec, "postgresql")
+    assert server_container["command"] == ["postgres"]
+    assert server_container["args"][0] == "-c"
+    init = container({"containers": spec["initContainers"]}, "init-data-directory")
+    assert init["image"] == server_container["image"]
+    scripts_dir = mount_of(init, "scripts")["mountPath"]
+    assert init["command"] == [f"{scripts_dir}/init-data-directory.sh"]
+    scripts = chart.find(objects, "ConfigMap", "x-postgresql-scripts")["data"]
+    assert {"init-data-directory.sh", "initdb.sh"} <= set(scripts)
+    # It initialises the same data directory, with the same settings, as the server uses.
+    assert env(init) == env(server_container)
+    assert mount_of(init, "data")["mountPath"] == mount_of(server_container, "data")["mountPath"]
+    assert env(init)["PGDATA"].startswith(mount_of(init, "data")["mountPath"] + "/")
+    assert mount_of(init, "auth")["mountPath"] == mount_of(server_container, "auth")["mountPath"]
+    assert init["securityContext"] == server_container["securityContext"]
+
+
+def test_init_container_has_no_bootstrap_mount_when_bootstrap_is_off() -> None:
+    spec = pod_spec(statefulset(render("initdb.enabled=false")))
+    init = container({"containers": spec["initContainers"]}, "init-data-directory")
+    assert "bootstrap" not in {m["name"] for m in init["volumeMounts"]}
 
 
 def test_bootstrap_can_be_switched_off_for_a_standalone_install() -> None:
@@ -444,7 +473,9 @@ def test_every_value_is_read_by_a_template() -> None:
 # --- scripts and lint -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", ["initdb.sh", "reloader.sh", "backup.sh"])
+@pytest.mark.parametrize(
+    "script", ["initdb.sh", "init-data-directory.sh", "reloader.sh", "backup.sh"]
+)
 def test_scripts_answer_help(script: str) -> None:
     path = subchart_path("postgresql") / "files" / script
     assert os.access(path, os.X_OK)

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # NVSentinel bootstrap for a freshly initialised data directory.
 #
-# The postgres image runs every *.sh in /docker-entrypoint-initdb.d once, on an
-# empty data directory, against a temporary socket-only server. This script runs
-# the umbrella chart's bootstrap.sql (roles, schema ownership) in the NVSentinel
-# database and creates the two operational roles of this subchart.
+# init-data-directory.sh runs this once, on an empty data directory, against a
+# temporary socket-only server. This script runs the umbrella chart's
+# bootstrap.sql (roles, schema ownership) in the NVSentinel database and
+# creates the two operational roles of this subchart.
 set -euo pipefail
 
 usage() {
   cat <<'USAGE'
 Usage: initdb.sh [--help]
 
-Runs once from /docker-entrypoint-initdb.d when PostgreSQL initialises an empty
+Runs once from init-data-directory.sh when PostgreSQL initialises an empty
 data directory. Connects over the local socket as POSTGRES_USER to POSTGRES_DB.
 
 Environment:
-  POSTGRES_USER, POSTGRES_DB   set by the image's entrypoint
+  POSTGRES_USER, POSTGRES_DB   set by init-data-directory.sh (and the pod)
   NVS_BOOTSTRAP_SQL            path of bootstrap.sql; skipped when empty
   NVS_MIGRATION_USER           psql variable migration_user for bootstrap.sql
   NVS_APP_USER                 psql variable app_user for bootstrap.sql

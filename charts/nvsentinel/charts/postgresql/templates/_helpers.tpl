@@ -107,3 +107,32 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/*
+Environment of the server container and of init-data-directory: the data
+directory, the superuser, the database, initdb's arguments and the role
+names initdb.sh bootstraps. The auth mount path is the same in both.
+*/}}
+{{- define "postgresql.serverEnv" -}}
+{{- $auth := include "postgresql.paths.auth" . -}}
+- name: PGDATA
+  value: /var/lib/postgresql/data/pgdata
+- name: POSTGRES_USER
+  value: postgres
+- name: POSTGRES_DB
+  value: {{ .Values.auth.database | quote }}
+- name: POSTGRES_PASSWORD_FILE
+  value: {{ $auth }}/{{ .Values.auth.secretKeys.adminPasswordKey }}
+- name: POSTGRES_INITDB_ARGS
+  value: {{ .Values.initdb.args | quote }}
+- name: NVS_BOOTSTRAP_SQL
+  value: {{ ternary (printf "%s/bootstrap.sql" (include "postgresql.paths.bootstrap" .)) "" .Values.initdb.enabled | quote }}
+- name: NVS_MIGRATION_USER
+  value: {{ .Values.auth.migrationUser | quote }}
+- name: NVS_APP_USER
+  value: {{ .Values.auth.appUser | quote }}
+- name: NVS_MONITOR_USER
+  value: {{ .Values.auth.monitorUser | quote }}
+- name: NVS_BACKUP_USER
+  value: {{ .Values.auth.backupUser | quote }}
+{{- end -}}
