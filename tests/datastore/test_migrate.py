@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -601,3 +603,49 @@ def test_a_file_parsed_by_a_separate_process_imports_the_same_documents_and_reje
     rows = stored(schema_database, "health_events")
     for doc in docs:
         assert json_equal(rows[str(doc["_id"])], expected_json(doc))
+
+
+def test_a_service_write_during_an_import_batch_waits_for_it_and_is_captured(
+    schema_database: PostgresDatabase,
+    store: PostgresStore,
+    export_dir: Path,
+    exported: dict[str, list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = store.collection("health_events")
+    original = migrate._Importer._capture
+    live: dict[str, Any] = {}
+
+    def capture_then_write_concurrently(importer: migrate._Importer, on: bool) -> None:
+        original(importer, on)
+        if on or "thread" in live or importer.collection != "health_events":
+            return
+
+        # Capture is off inside the first batch's transaction: a service inserts now.
+        def service_insert() -> None:
+            live["id"] = events.insert_one({"healthevent": {"nodename": "gpu-node-live"}})
+
+        live["thread"] = threading.Thread(target=service_insert)
+        live["thread"].start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            waiting = query(
+                schema_database,
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()",
+            )[0][0]
+            if waiting:
+                return
+            time.sleep(0.02)
+        raise AssertionError("the service's insert did not wait for the import batch")
+
+    monkeypatch.setattr(migrate._Importer, "_capture", capture_then_write_concurrently)
+    code, out, err = run(schema_database, "--from-files", str(export_dir), "--batch-size", "100")
+    live["thread"].join(timeout=30)
+
+    assert code == 0, out + err
+    changes = query(
+        schema_database, "SELECT collection, operation, document_id FROM datastore_changelog"
+    )
+    assert changes == [("health_events", "insert", live["id"])]
+    assert len(stored(schema_database, "health_events")) == 301
