@@ -8,6 +8,7 @@ connects as the tables' owner (``nvsentinel_migrator``), as the guide says.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -649,3 +650,15 @@ def test_a_service_write_during_an_import_batch_waits_for_it_and_is_captured(
     )
     assert changes == [("health_events", "insert", live["id"])]
     assert len(stored(schema_database, "health_events")) == 301
+
+
+def test_gzipped_export_files_are_read(schema_database: PostgresDatabase, export_dir: Path) -> None:
+    docs = list(documents("maintenance_events", 25, seed=31))
+    text = "".join(export_line(d, "canonical") + "\n" for d in docs)
+    (export_dir / "maintenance_events.json.gz").write_bytes(gzip.compress(text.encode()))
+
+    code, out, err = run(schema_database, "--from-files", str(export_dir))
+
+    assert code == 0, out + err
+    assert summary(out) == {"maintenance_events": ["25", "25", "0", "0", "25"]}, out
+    assert set(stored(schema_database, "maintenance_events")) == {str(d["_id"]) for d in docs}
