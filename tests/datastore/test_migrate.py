@@ -662,3 +662,17 @@ def test_gzipped_export_files_are_read(schema_database: PostgresDatabase, export
     assert code == 0, out + err
     assert summary(out) == {"maintenance_events": ["25", "25", "0", "0", "25"]}, out
     assert set(stored(schema_database, "maintenance_events")) == {str(d["_id"]) for d in docs}
+
+
+def test_progress_line_is_redrawn_in_place_on_request(
+    schema_database: PostgresDatabase,
+    export_dir: Path,
+    exported: dict[str, list[dict[str, Any]]],
+) -> None:
+    code, out, err = run(
+        schema_database, "--from-files", str(export_dir), "--progress", "line", "--batch-size", "50"
+    )
+    assert code == 0, out + err
+    redraws = err.split("\r\033[K")
+    assert len(redraws) > 6, err  # one per batch: 6 + 2 batches
+    assert redraws[-1].startswith("maintenance_events: 60 read, 60 imported") and err.endswith("\n")
