@@ -539,3 +539,14 @@ def test_umbrella_tilt_values_give_the_password_to_port_forward_only() -> None:
     assert base64.b64decode(secret["data"]["password"]).decode() == "nvsentinel-dev"
     spec = pod_spec(chart.find(objects, "StatefulSet", "nvsentinel-postgresql"))
     assert spec["nodeSelector"] == {"node-role.kubernetes.io/control-plane": ""}
+
+
+def test_sessions_idle_in_a_transaction_are_ended_so_they_cannot_hold_change_streams_back() -> None:
+    conf = parse_postgresql_conf(config_files(render())["postgresql.conf"])
+    assert conf["idle_in_transaction_session_timeout"] == "5min"
+    shorter = parse_postgresql_conf(
+        config_files(render("config.idleInTransactionSessionTimeout=30s"))["postgresql.conf"]
+    )
+    assert shorter["idle_in_transaction_session_timeout"] == "30s"
+    message = render_error("postgresql", ["config.idleInTransactionSessionTimeout=5 minutes"])
+    assert "/config/idleInTransactionSessionTimeout" in message
