@@ -58,7 +58,7 @@ main() {
     log "${PGDATA} holds a cluster already; nothing to do"
     return 0
   fi
-  local work="${PGDATA%/}.initialising" socket
+  local work="${PGDATA%/}.initialising" socket status=0
   stop_server "${work}"
   rm -rf "${work}"
   log "initialising ${PGDATA}"
@@ -66,14 +66,22 @@ main() {
   initdb --username="${POSTGRES_USER}" --pwfile="${POSTGRES_PASSWORD_FILE}" \
     ${POSTGRES_INITDB_ARGS:-} --pgdata="${work}"
   socket="$(mktemp -d)"
-  trap 'stop_server "${work}"; rm -rf "${socket}"' EXIT
-  pg_ctl -D "${work}" -w -o "-c listen_addresses='' -c unix_socket_directories='${socket}'" start
-  export PGHOST="${socket}"
-  create_database
-  "$(dirname "${BASH_SOURCE[0]}")/initdb.sh"
+  pg_ctl -D "${work}" -l "${work}/initialisation.log" -w \
+    -o "-c listen_addresses='' -c unix_socket_directories='${socket}'" start >/dev/null
+  # The temporary server is stopped whatever happens next.
+  (
+    export PGHOST="${socket}"
+    create_database
+    "$(dirname "${BASH_SOURCE[0]}")/initdb.sh"
+  ) || status=$?
   stop_server "${work}"
-  trap - EXIT
   rm -rf "${socket}"
+  if ((status != 0)); then
+    log "bootstrap failed (exit ${status}); server log:"
+    cat "${work}/initialisation.log" || true
+    return "${status}"
+  fi
+  rm -f "${work}/initialisation.log"
   # PGDATA may exist (an empty mount point or directory): move the contents,
   # PG_VERSION (what marks a cluster) last.
   mkdir -p "${PGDATA}"
