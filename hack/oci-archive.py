@@ -46,8 +46,19 @@ def build(args: argparse.Namespace) -> None:
         # GNU tar is much faster than tarfile for large trees; sorted names and
         # a fixed mtime make the layer digest depend on the content only.
         subprocess.run(
-            ["tar", "--create", "--file", str(layer), "--numeric-owner", "--sort=name",
-             "--mtime=@0", "--xattrs", "--directory", str(rootfs), "."],
+            [
+                "tar",
+                "--create",
+                "--file",
+                str(layer),
+                "--numeric-owner",
+                "--sort=name",
+                "--mtime=@0",
+                "--xattrs",
+                "--directory",
+                str(rootfs),
+                ".",
+            ],
             check=True,
         )
         layer_digest = sha256_file(layer)
@@ -70,9 +81,13 @@ def build(args: argparse.Namespace) -> None:
             "schemaVersion": 2,
             "mediaType": MANIFEST,
             "config": {"mediaType": CONFIG, "digest": config_digest, "size": config_size},
-            "layers": [{"mediaType": LAYER, "digest": f"sha256:{layer_digest}", "size": layer_size}],
+            "layers": [
+                {"mediaType": LAYER, "digest": f"sha256:{layer_digest}", "size": layer_size}
+            ],
         }
-        manifest_digest, manifest_size = write_blob(blobs, json.dumps(manifest, sort_keys=True).encode())
+        manifest_digest, manifest_size = write_blob(
+            blobs, json.dumps(manifest, sort_keys=True).encode()
+        )
         index = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -100,8 +115,12 @@ def build(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rootfs", required=True, help="root filesystem directory (the single layer)")
-    parser.add_argument("--ref", action="append", required=True, help="image reference (repeatable)")
+    parser.add_argument(
+        "--rootfs", required=True, help="root filesystem directory (the single layer)"
+    )
+    parser.add_argument(
+        "--ref", action="append", required=True, help="image reference (repeatable)"
+    )
     parser.add_argument("--out", required=True, help="archive file to write")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE (repeatable)")
     parser.add_argument("--entrypoint", help="JSON list")
