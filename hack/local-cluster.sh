@@ -413,6 +413,8 @@ chart_refs() {
 		fi
 		echo "${image} ${ref}"
 	done
+	# Named by the e2e tier's seed commands (kubectl run --image=busybox:1.36).
+	echo "shell docker.io/library/busybox:1.36"
 }
 
 # refs_of IMAGE: the references IMAGE's archive carries (hack/build-images.sh
