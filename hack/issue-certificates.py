@@ -256,7 +256,7 @@ def main() -> None:
             for secret in reconcile(api, args.namespace, args.renew, ca):
                 print(f"issue-certificates: issued Secret {args.namespace}/{secret}", flush=True)
         except ApiException as exc:
-            if args.watch is None or exc.status not in (404, 409):
+            if args.watch is None or exc.status not in (403, 404, 409):
                 raise
         args.renew = False
         if args.watch is None or (deadline is not None and time.monotonic() > deadline):

@@ -17,6 +17,9 @@ Environment:
 - ``CERT_MANAGER_VERSION`` (default below) or ``CERT_MANAGER_MANIFEST``
   (a URL or a file path) for the cert-manager static manifest.
 - ``E2E_ARTIFACTS``: where failure diagnostics go (default ``e2e-artifacts/``).
+- ``E2E_CERTIFICATES=issue``: no cert-manager; hack/issue-certificates.py issues the
+  chart's certificate Secrets (hack/local-cluster.sh).
+- ``E2E_HELM_SET``: extra ``--set`` assignments for the install, comma-separated.
 """
 
 from __future__ import annotations
@@ -248,8 +251,36 @@ spec:
 
 
 @pytest.fixture(scope="session")
-def cert_manager(e2e_cluster: E2ECluster) -> str:
-    """cert-manager installed from its static manifest, its webhook admitting objects."""
+def cert_manager(e2e_cluster: E2ECluster) -> Iterator[str]:
+    """cert-manager installed from its static manifest, its webhook admitting objects.
+
+    With ``E2E_CERTIFICATES=issue`` (hack/local-cluster.sh, where cert-manager cannot
+    run) hack/issue-certificates.py issues the Secrets of the chart's Certificates
+    in the release namespace instead, for the whole session.
+    """
+    if os.environ.get("E2E_CERTIFICATES") == "issue":
+        issuer = subprocess.Popen(
+            [
+                str(REPO / ".venv" / "bin" / "python"),
+                str(REPO / "hack" / "issue-certificates.py"),
+                "--kubeconfig",
+                str(e2e_cluster.kubeconfig),
+                "--namespace",
+                NAMESPACE,
+                "--watch",
+                "0",
+            ]
+        )
+        try:
+            yield "hack/issue-certificates.py"
+        finally:
+            issuer.terminate()
+            issuer.wait(timeout=30)
+        return
+    yield _install_cert_manager(e2e_cluster)
+
+
+def _install_cert_manager(e2e_cluster: E2ECluster) -> str:
     manifest = cert_manager_manifest()
     e2e_cluster.kubectl("apply", "--server-side", "-f", manifest)
     for name in CERT_MANAGER_DEPLOYMENTS:
@@ -306,6 +337,9 @@ def install_release(cluster: E2ECluster, datastore: str) -> Installed:
     args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace"]
     for values in VALUES_FILES[datastore]:
         args += ["--values", str(REPO / values)]
+    # E2E_HELM_SET: extra --set assignments, comma-separated (a cluster lacking an image).
+    for assignment in filter(None, os.environ.get("E2E_HELM_SET", "").split(",")):
+        args += ["--set", assignment]
     cluster.helm(*args)
     wait_for_rollout(cluster.api, "StatefulSet", f"{RELEASE}-{datastore}", NAMESPACE, timeout=600)
     for job in client.BatchV1Api(cluster.api).list_namespaced_job(NAMESPACE).items:
