@@ -269,7 +269,6 @@ def test_helm_lint_strict_is_clean() -> None:
     assert "[WARNING]" not in output and "[ERROR]" not in output, output
 
 
-@pytest.mark.skipif(not chart.HELM3.exists(), reason=".bin/helm3 is not built (make setup)")
 def test_helm3_renders_the_same_objects_as_helm4() -> None:
     def inventory(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
         return sorted((o["kind"], o["metadata"]["name"]) for o in objects)
