@@ -19,6 +19,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from nvsentinel_store.config import Settings
 from nvsentinel_store.providers.mongodb import MongoStore
 from nvsentinel_store.providers.postgresql import PostgresStore
 from nvsentinel_store.store import ChangeEvent, ChangeStream, Store
+from tests.e2e.port_forward_relay import PortForwardRelay
 
 _real_getaddrinfo = socket.getaddrinfo
 
@@ -177,3 +179,15 @@ def open_store(settings: Settings) -> Store:
     if settings.provider == "postgresql":
         return PostgresStore.from_settings(settings)
     return MongoStore.from_settings(settings)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How a test reaches an in-cluster store: the services' settings over a relay."""
+
+    relay: PortForwardRelay
+    env: dict[str, str]
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env, application_name="nvsentinel-e2e")

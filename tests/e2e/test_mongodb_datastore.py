@@ -17,9 +17,10 @@ import pymongo
 import pytest
 from pymongo.errors import AutoReconnect, OperationFailure, ServerSelectionTimeoutError
 
-from nvsentinel_store.config import Settings, mongo_client_kwargs
+from nvsentinel_store.config import mongo_client_kwargs
 from tests.e2e.conftest import Installed
 from tests.e2e.datastore_client import (
+    Connection,
     assert_change_stream_round_trip,
     client_environment,
     datastore_config,
@@ -27,7 +28,7 @@ from tests.e2e.datastore_client import (
     open_store,
     write_client_certificate,
 )
-from tests.e2e.port_forward_relay import PortForwardRelay, relay_to_service
+from tests.e2e.port_forward_relay import relay_to_service
 from tests.fixtures.diagnostics import kubectl
 
 pytestmark = pytest.mark.e2e
@@ -36,15 +37,8 @@ DATASTORE = "mongodb"
 
 
 @dataclass(frozen=True)
-class Connection:
-    """How the test reaches the in-cluster MongoDB: the services' settings over a relay."""
-
-    relay: PortForwardRelay
-    env: dict[str, str]
-
-    @property
-    def settings(self) -> Settings:
-        return Settings.from_env(self.env, application_name="nvsentinel-e2e")
+class MongoConnection(Connection):
+    """The store's connection, plus plain pymongo clients with the services' settings."""
 
     def client(self, **overrides: object) -> pymongo.MongoClient[dict[str, object]]:
         kwargs = mongo_client_kwargs(self.settings)
@@ -53,7 +47,9 @@ class Connection:
 
 
 @pytest.fixture(scope="module")
-def mongodb(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connection]:
+def mongodb(
+    installed: Installed, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MongoConnection]:
     api = installed.cluster.api
     config = datastore_config(api, installed.namespace, installed.release)
     cert_dir = write_client_certificate(
@@ -65,13 +61,15 @@ def mongodb(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> I
     )
     try:
         with loopback_resolution(config["DATASTORE_HOST"]):
-            yield Connection(relay, env)
+            yield MongoConnection(relay, env)
     finally:
         relay.close()
     assert not relay.errors, relay.errors
 
 
-def test_services_authenticate_to_mongodb_with_x509_over_verified_tls(mongodb: Connection) -> None:
+def test_services_authenticate_to_mongodb_with_x509_over_verified_tls(
+    mongodb: MongoConnection,
+) -> None:
     assert mongodb.env["DATASTORE_PROVIDER"] == "mongodb"
     assert mongodb.env.get("DATASTORE_SSLMODE", "verify-full") == "verify-full"
     with mongodb.client() as mongo:
@@ -81,14 +79,14 @@ def test_services_authenticate_to_mongodb_with_x509_over_verified_tls(mongodb: C
     assert users[0]["user"].startswith("CN="), users
 
 
-def test_mongodb_is_replica_set_rs0_with_a_primary(mongodb: Connection) -> None:
+def test_mongodb_is_replica_set_rs0_with_a_primary(mongodb: MongoConnection) -> None:
     with mongodb.client() as mongo:
         hello = mongo.admin.command("hello")
     assert hello["setName"] == "rs0"
     assert hello["isWritablePrimary"] is True
 
 
-def test_plaintext_and_certificateless_connections_are_refused(mongodb: Connection) -> None:
+def test_plaintext_and_certificateless_connections_are_refused(mongodb: MongoConnection) -> None:
     settings = mongodb.settings
     plaintext = pymongo.MongoClient(
         host=settings.host,
@@ -113,7 +111,7 @@ def test_plaintext_and_certificateless_connections_are_refused(mongodb: Connecti
         anonymous[settings.database].list_collection_names()
 
 
-def test_health_event_round_trip_through_the_change_stream(mongodb: Connection) -> None:
+def test_health_event_round_trip_through_the_change_stream(mongodb: MongoConnection) -> None:
     with open_store(mongodb.settings) as store:
         assert_change_stream_round_trip(store, client_name="e2e-mongodb-round-trip")
 

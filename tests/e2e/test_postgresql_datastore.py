@@ -17,9 +17,10 @@ import psycopg
 import pytest
 from kubernetes import client
 
-from nvsentinel_store.config import Settings, postgres_params
+from nvsentinel_store.config import postgres_params
 from tests.e2e.conftest import Installed
 from tests.e2e.datastore_client import (
+    Connection,
     assert_change_stream_round_trip,
     client_environment,
     datastore_config,
@@ -27,7 +28,7 @@ from tests.e2e.datastore_client import (
     open_store,
     write_client_certificate,
 )
-from tests.e2e.port_forward_relay import PortForwardRelay, relay_to_service
+from tests.e2e.port_forward_relay import relay_to_service
 from tests.e2e.schema_checks import assert_schema_current, assert_tables_and_triggers
 from tests.fixtures.chart import SERVICES
 from tests.fixtures.diagnostics import kubectl
@@ -39,15 +40,8 @@ DATASTORE = "postgresql"
 
 
 @dataclass(frozen=True)
-class Connection:
-    """How the test reaches the in-cluster PostgreSQL: the services' settings over a relay."""
-
-    relay: PortForwardRelay
-    env: dict[str, str]
-
-    @property
-    def settings(self) -> Settings:
-        return Settings.from_env(self.env, application_name="nvsentinel-e2e")
+class PostgresConnection(Connection):
+    """The store's connection, plus plain psycopg connections with the services' settings."""
 
     def connect(self, **overrides: str) -> psycopg.Connection[tuple[object, ...]]:
         params = {**postgres_params(self.settings), **overrides}
@@ -57,7 +51,7 @@ class Connection:
 @pytest.fixture(scope="module")
 def postgresql(
     installed: Installed, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Connection]:
+) -> Iterator[PostgresConnection]:
     api = installed.cluster.api
     config = datastore_config(api, installed.namespace, installed.release)
     cert_dir = write_client_certificate(
@@ -69,14 +63,14 @@ def postgresql(
     )
     try:
         with loopback_resolution(config["DATASTORE_HOST"]):
-            yield Connection(relay, env)
+            yield PostgresConnection(relay, env)
     finally:
         relay.close()
     assert not relay.errors, relay.errors
 
 
 def test_services_dial_postgresql_with_verify_full_and_a_client_certificate(
-    postgresql: Connection,
+    postgresql: PostgresConnection,
 ) -> None:
     config = postgresql.env
     assert config["DATASTORE_PROVIDER"] == "postgresql"
@@ -92,7 +86,9 @@ def test_services_dial_postgresql_with_verify_full_and_a_client_certificate(
     assert f"CN={user}" in str(client_dn)
 
 
-def test_plaintext_and_certificateless_connections_are_refused(postgresql: Connection) -> None:
+def test_plaintext_and_certificateless_connections_are_refused(
+    postgresql: PostgresConnection,
+) -> None:
     with pytest.raises(psycopg.OperationalError):
         postgresql.connect(sslmode="disable").close()
     params = postgres_params(postgresql.settings)
@@ -103,7 +99,7 @@ def test_plaintext_and_certificateless_connections_are_refused(postgresql: Conne
 
 
 def test_schema_job_applied_every_migration_the_chart_ships(
-    installed: Installed, postgresql: Connection
+    installed: Installed, postgresql: PostgresConnection
 ) -> None:
     jobs = [
         job
@@ -118,17 +114,19 @@ def test_schema_job_applied_every_migration_the_chart_ships(
         assert_schema_current(conn)
 
 
-def test_tables_and_change_capture_triggers_exist(postgresql: Connection) -> None:
+def test_tables_and_change_capture_triggers_exist(postgresql: PostgresConnection) -> None:
     with postgresql.connect() as conn:
         assert_tables_and_triggers(conn)
 
 
-def test_health_event_round_trip_through_the_change_stream(postgresql: Connection) -> None:
+def test_health_event_round_trip_through_the_change_stream(postgresql: PostgresConnection) -> None:
     with open_store(postgresql.settings) as store:
         assert_change_stream_round_trip(store, client_name="e2e-postgresql-round-trip")
 
 
-def test_seed_sql_checks_show_changelog_entries_and_resume_tokens(postgresql: Connection) -> None:
+def test_seed_sql_checks_show_changelog_entries_and_resume_tokens(
+    postgresql: PostgresConnection,
+) -> None:
     with open_store(postgresql.settings) as store:
         assert_change_stream_round_trip(store, client_name="e2e-postgresql-troubleshooting")
     with postgresql.connect() as conn:
