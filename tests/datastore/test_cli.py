@@ -42,12 +42,18 @@ def watch_process(database: PostgresDatabase, *args: str) -> subprocess.Popen[st
 def run_cli(
     database: PostgresDatabase, *args: str, user: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    return run_cli_with_env(cli_env(database, user), *args)
+
+
+def run_cli_with_env(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "nvsentinel_store.cli", *args],
-        env=cli_env(database, user),
+        env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 
@@ -279,25 +285,11 @@ def test_health_fails_before_the_schema_is_applied(postgres_database: PostgresDa
 def test_unreachable_datastore_is_one_line_and_exit_4(postgres_database: PostgresDatabase) -> None:
     env = cli_env(postgres_database)
     env["DATASTORE_PORT"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-m", "nvsentinel_store.cli", "health"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli_with_env(env, "health", timeout=60)
     assert result.returncode == cli.EXIT_UNAVAILABLE
     assert len(result.stderr.strip().splitlines()) == 1
     assert "cannot connect to localhost:1" in result.stderr
-    as_json = subprocess.run(
-        [sys.executable, "-m", "nvsentinel_store.cli", "health", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    as_json = run_cli_with_env(env, "health", "--json", timeout=60)
     assert as_json.returncode == cli.EXIT_UNAVAILABLE
     report = json.loads(as_json.stdout)
     assert report["healthy"] is False
@@ -308,14 +300,7 @@ def test_unreachable_datastore_is_one_line_and_exit_4(postgres_database: Postgre
 def test_bad_configuration_is_one_line_and_exit_2(postgres_database: PostgresDatabase) -> None:
     env = cli_env(postgres_database)
     env["DATASTORE_SSLMODE"] = "prefer"
-    result = subprocess.run(
-        [sys.executable, "-m", "nvsentinel_store.cli", "health"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli_with_env(env, "health", timeout=60)
     assert result.returncode == cli.EXIT_USAGE
     assert "DATASTORE_SSLMODE" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -327,14 +312,7 @@ def test_health_without_migration_files_reports_the_recorded_version(
     """An installed client (no chart files next to it) still checks the schema it finds."""
     env = cli_env(schema_database)
     env["NVSENTINEL_MIGRATIONS_DIR"] = str(tmp_path / "absent")
-    result = subprocess.run(
-        [sys.executable, "-m", "nvsentinel_store.cli", "health"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli_with_env(env, "health", timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     status, detail = health_table(result.stdout)["schema"]
     assert status == "ok"
