@@ -56,30 +56,9 @@ machine instead of leaving it; 'down' removes the route it added.
 EOF
 }
 
-log() {
-	printf '%s\n' "$*" >&2
-}
-
-die() {
-	log "control-plane: $*"
-	exit 1
-}
-
-now() {
-	date +%s.%N
-}
-
-seconds_since() {
-	awk -v s="$1" -v e="$(now)" 'BEGIN { printf "%.1f", e - s }'
-}
-
-# step WHAT FUNCTION: run FUNCTION and log how long it took.
-step() {
-	local what="$1" start
-	start="$(now)"
-	"$2"
-	log "control-plane: ${what} in $(seconds_since "${start}")s"
-}
+LOG_PREFIX=control-plane
+# shellcheck source=hack/lib/log.sh
+source "${ROOT_DIR}/hack/lib/log.sh"
 
 pid_file() {
 	echo "${STATE_DIR}/pids/$1.pid"

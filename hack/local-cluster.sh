@@ -88,30 +88,9 @@ Environment:
 EOF
 }
 
-log() {
-	printf '%s\n' "$*" >&2
-}
-
-die() {
-	log "local-cluster: $*"
-	exit 1
-}
-
-now() {
-	date +%s.%N
-}
-
-seconds_since() {
-	awk -v s="$1" -v e="$(now)" 'BEGIN { printf "%.1f", e - s }'
-}
-
-# step WHAT FUNCTION: run FUNCTION and log how long it took.
-step() {
-	local what="$1" start
-	start="$(now)"
-	"$2"
-	log "local-cluster: ${what} in $(seconds_since "${start}")s"
-}
+LOG_PREFIX=local-cluster
+# shellcheck source=hack/lib/log.sh
+source "${ROOT_DIR}/hack/lib/log.sh"
 
 CONTROL_PLANE_DIR="${STATE_DIR}/control-plane"
 PKI_DIR="${STATE_DIR}/pki"
