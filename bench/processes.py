@@ -7,15 +7,16 @@ import multiprocessing.context
 import queue
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
+
+from nvsentinel_store.store import ClosingContext
 
 
 class WorkerError(RuntimeError):
     """A worker process failed or did not answer in time."""
 
 
-class Workers:
+class Workers(ClosingContext):
     """A group of ``spawn`` processes sharing ``ready``/``results`` queues and ``go``/``stop``.
 
     Leaving the ``with`` block terminates whatever still runs (errors, Ctrl-C).
@@ -75,14 +76,3 @@ class Workers:
         for q in (self.ready, self.results):
             q.close()
             q.cancel_join_thread()
-
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
