@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the container images the local cluster (hack/local-cluster.sh) runs,
 # as OCI archives, from things this machine can get without a registry: a
-# pause program written here and Debian's busybox and PostgreSQL packages.
-# Archives are cached outside the checkout.
+# pause program written here, Debian's busybox, PostgreSQL and Python
+# packages, and this repository's own nvsentinel_store. Archives are cached
+# outside the checkout.
 set -euo pipefail
 
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,8 +13,11 @@ CACHE_DIR="${NVSENTINEL_IMAGES_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/nvsentin
 IMAGES_REVISION="2"
 DEBIAN_SUITE="bookworm"
 POSTGRESQL_MAJOR="15"
+# Where the nvsentinel-store image keeps the chart's migrations (what `health`
+# and `schema status` compare the database with, unless the chart mounts its own).
+STORE_MIGRATIONS_DIR="/usr/share/nvsentinel-store/migrations"
 PAUSE_REF="localhost/nvsentinel-local/pause:${IMAGES_REVISION}"
-ALL_IMAGES=(pause shell postgresql coredns)
+ALL_IMAGES=(pause shell postgresql coredns nvsentinel-store)
 BIN_DIR="${NVSENTINEL_BIN_DIR:-${ROOT_DIR}/.bin}"
 
 usage() {
@@ -33,6 +37,12 @@ Images (local builds; none is the published image whose name it may carry):
               its server binaries on PATH, user postgres 999:999 (stands in for the postgres image;
               NOTE: PostgreSQL ${POSTGRESQL_MAJOR}, whatever the tag it is given says)
   coredns     .bin/coredns (hack/build-tools.sh coredns) alone in an image
+  nvsentinel-store
+              this repository's client and operator tools: Debian ${DEBIAN_SUITE} (debootstrap
+              minbase) with python3, nvsentinel_store and its pinned dependencies from the
+              package index, the chart's migrations in ${STORE_MIGRATIONS_DIR};
+              entrypoint nvsentinel-store (built again whenever src/, pyproject.toml or
+              the migrations change)
 
 --refs-file FILE names the references to give the images, one 'IMAGE REF'
 per line (an image may have several); without it an image is named
@@ -40,7 +50,8 @@ localhost/nvsentinel-local/IMAGE:${IMAGES_REVISION}. An archive is rebuilt when
 its references change.
 
 Needs: go (pause), .bin/coredns (coredns), apt-get and dpkg-deb (shell), debootstrap as root
-(postgresql; the Debian mirror is the one apt uses), python3, tar.
+(postgresql, nvsentinel-store; the Debian mirror is the one apt uses), .venv (make setup;
+nvsentinel-store), python3, tar.
 
 Environment:
   NVSENTINEL_IMAGES_CACHE  archive cache (default: \${XDG_CACHE_HOME:-~/.cache}/nvsentinel-images)
@@ -89,6 +100,7 @@ write_archive() {
 	python3 "${ROOT_DIR}/hack/oci-archive.py" --rootfs "${rootfs}" --out "$(archive_path "${image}")" \
 		"${ref_args[@]}" "$@"
 	refs_of "${image}" >"$(archive_path "${image}").refs"
+	inputs_of "${image}" >"$(archive_path "${image}").inputs"
 }
 
 build_pause() {
@@ -130,18 +142,26 @@ debian_mirror() {
 		awk -v suite="${DEBIAN_SUITE}" '$2 == suite { print $1; exit }'
 }
 
-build_postgresql() {
-	local work="$1" mirror bin="/usr/lib/postgresql/${POSTGRESQL_MAJOR}/bin"
+# debootstrap_rootfs WORK PACKAGES: a Debian minbase root filesystem in WORK/rootfs
+# with PACKAGES (comma-separated), without apt's caches and lists.
+debootstrap_rootfs() {
+	local work="$1" mirror
 	[[ "$(id -u)" == 0 ]] || die "debootstrap needs root"
 	command -v debootstrap >/dev/null || die "debootstrap is not installed"
 	mirror="$(debian_mirror)"
 	[[ -n "${mirror}" ]] || die "apt has no source for ${DEBIAN_SUITE}"
-	debootstrap --variant=minbase --include="postgresql-${POSTGRESQL_MAJOR},ca-certificates" \
+	debootstrap --variant=minbase --include="$2" \
 		"${DEBIAN_SUITE}" "${work}/rootfs" "${mirror}" >"${work}/debootstrap.log" 2>&1 ||
 		{
 			tail -n 30 "${work}/debootstrap.log" >&2
 			die "debootstrap failed"
 		}
+	rm -rf "${work}/rootfs/var/cache/apt/archives/"*.deb "${work}/rootfs/var/lib/apt/lists/"*
+}
+
+build_postgresql() {
+	local work="$1" bin="/usr/lib/postgresql/${POSTGRESQL_MAJOR}/bin"
+	debootstrap_rootfs "${work}" "postgresql-${POSTGRESQL_MAJOR},ca-certificates"
 	# The postgres user and group get 999, their ids in the official image,
 	# which charts' securityContexts name (initdb needs the uid to have a name).
 	chroot "${work}/rootfs" groupmod --gid 999 postgres
@@ -150,8 +170,7 @@ build_postgresql() {
 		"${work}/rootfs/var/log/postgresql" "${work}/rootfs/etc/postgresql"
 	# The package's own cluster, caches and the apt lists are not part of the image.
 	rm -rf "${work}/rootfs/var/lib/postgresql/${POSTGRESQL_MAJOR}/main" \
-		"${work}/rootfs/etc/postgresql/${POSTGRESQL_MAJOR}/main" \
-		"${work}/rootfs/var/cache/apt/archives/"*.deb "${work}/rootfs/var/lib/apt/lists/"*
+		"${work}/rootfs/etc/postgresql/${POSTGRESQL_MAJOR}/main"
 	mkdir -p "${work}/rootfs/var/run/postgresql"
 	chmod 2777 "${work}/rootfs/var/run/postgresql"
 	write_archive postgresql "${work}/rootfs" --cmd '["postgres"]' \
@@ -167,11 +186,73 @@ build_coredns() {
 	write_archive coredns "${work}/rootfs" --entrypoint '["/coredns"]'
 }
 
+# The project's sources the nvsentinel-store image is built from.
+store_sources() {
+	(cd "${ROOT_DIR}" && find pyproject.toml src charts/nvsentinel/files/postgresql/migrations \
+		-type f ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort)
+}
+
+# inputs_of IMAGE: what IMAGE's cached archive must have been built from: its
+# references and, for nvsentinel-store, a digest of the sources.
+inputs_of() {
+	refs_of "$1"
+	if [[ "$1" == nvsentinel-store ]]; then
+		echo "sources $(cd "${ROOT_DIR}" && store_sources | xargs sha256sum | sha256sum | cut -d' ' -f1)"
+	fi
+}
+
+# python_base WORK: WORK/rootfs from a cached Debian minbase with python3
+# (debootstrap once; the project's code changes more often than Debian).
+python_base() {
+	local work="$1" base="${CACHE_DIR}/python-rootfs-r${IMAGES_REVISION}.tar"
+	if [[ ! -f "${base}" ]]; then
+		debootstrap_rootfs "${work}" "python3,ca-certificates"
+		tar -C "${work}/rootfs" -cf "${base}.tmp" . && mv "${base}.tmp" "${base}"
+		return 0
+	fi
+	mkdir -p "${work}/rootfs"
+	tar -C "${work}/rootfs" -xf "${base}"
+}
+
+# nvsentinel_store: the project's wheel and its pinned dependencies (binary
+# wheels for this machine's Python 3.11 and glibc, which Debian ${DEBIAN_SUITE}'s
+# python3 shares) installed where Debian's python3 looks, compiled by that python3
+# (the root filesystem is read-only in the chart's pods), the migrations beside.
+build_nvsentinel-store() {
+	local work="$1" python="${ROOT_DIR}/.venv/bin/python"
+	local site="/usr/local/lib/python3.11/dist-packages"
+	[[ -x "${python}" ]] || die "${python} is missing; run make setup"
+	python_base "${work}"
+	# From a copy: setuptools leaves build/ in the tree it builds, and reuses it.
+	mkdir -p "${work}/source"
+	cp -r "${ROOT_DIR}/pyproject.toml" "${ROOT_DIR}/README.md" "${ROOT_DIR}/src" "${work}/source/"
+	"${python}" -m pip wheel --quiet --no-deps --wheel-dir "${work}/wheel" "${work}/source" >&2 ||
+		die "building the nvsentinel-store wheel failed"
+	"${python}" -m pip install --quiet --no-compile --only-binary=:all: --target "${work}/rootfs${site}" \
+		"${work}"/wheel/*.whl >&2 || die "installing nvsentinel-store and its dependencies failed"
+	# pip's scripts name this machine's interpreter; the image has its own.
+	rm -rf "${work}/rootfs${site}/bin"
+	printf '%s\n' '#!/usr/bin/python3' 'import sys' 'from nvsentinel_store.cli import main' 'sys.exit(main())' \
+		>"${work}/rootfs/usr/local/bin/nvsentinel-store"
+	chmod 0755 "${work}/rootfs/usr/local/bin/nvsentinel-store"
+	chroot "${work}/rootfs" python3 -m compileall -q "${site}" >/dev/null
+	mkdir -p "${work}/rootfs${STORE_MIGRATIONS_DIR}"
+	cp "${ROOT_DIR}"/charts/nvsentinel/files/postgresql/migrations/*.sql "${work}/rootfs${STORE_MIGRATIONS_DIR}/"
+	# The chart's pods run as 65532; libpq and Python look the user up.
+	echo "nonroot:x:65532:65532:nonroot:/tmp:/usr/sbin/nologin" >>"${work}/rootfs/etc/passwd"
+	echo "nonroot:x:65532:" >>"${work}/rootfs/etc/group"
+	chroot "${work}/rootfs" nvsentinel-store --help >/dev/null || die "nvsentinel-store does not start in the image"
+	write_archive nvsentinel-store "${work}/rootfs" --entrypoint '["nvsentinel-store"]' --cmd '["--help"]' \
+		--env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		--env "NVSENTINEL_MIGRATIONS_DIR=${STORE_MIGRATIONS_DIR}" --env "LANG=C.UTF-8" \
+		--env "PYTHONDONTWRITEBYTECODE=1" --user 65532:65532
+}
+
 # ensure_image IMAGE: build IMAGE's archive unless it is cached with the same references.
 ensure_image() {
 	local image="$1" archive work start
 	archive="$(archive_path "${image}")"
-	if [[ -f "${archive}" && "$(cat "${archive}.refs" 2>/dev/null)" == "$(refs_of "${image}")" ]]; then
+	if [[ -f "${archive}" && "$(cat "${archive}.inputs" 2>/dev/null)" == "$(inputs_of "${image}")" ]]; then
 		echo "${archive}"
 		return 0
 	fi

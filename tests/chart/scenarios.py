@@ -25,6 +25,8 @@ VALUES_FILES = (
 )
 MOUNT_PATH = "/etc/nvsentinel/datastore-tls"
 CLIENT_LABEL = "nvsentinel.nvidia.com/datastore-client"
+#: Turns on the store tools Deployment, one more datastore client.
+STORE_TOOLS = "storeTools.enabled=true"
 
 EXTERNAL_POSTGRESQL = (
     "global.datastore.provider=postgresql",
@@ -46,12 +48,17 @@ class Scenario:
     password_auth: bool = False
     notes: str = field(default="", compare=False)
 
+    @property
+    def store_tools(self) -> bool:
+        """Whether this scenario renders the store tools Deployment."""
+        return STORE_TOOLS in self.set_values
+
 
 SCENARIOS = (
     Scenario("mongodb-defaults", "mongodb"),
     Scenario("postgresql-production", "postgresql", ("values-postgresql.yaml",)),
     Scenario("postgresql-tilt", "postgresql", ("values-tilt-postgresql.yaml",)),
-    Scenario("mongodb-tilt", "mongodb", ("values-tilt-mongodb.yaml",)),
+    Scenario("mongodb-tilt", "mongodb", ("values-tilt-mongodb.yaml",), (STORE_TOOLS,)),
     Scenario(
         "postgresql-external-password",
         "postgresql",
@@ -60,6 +67,7 @@ SCENARIOS = (
             "global.datastore.credentialsFromSecret.name=nvsentinel-db",
             "global.datastore.caFromSecret.name=nvsentinel-db-ca",
             "schema.credentialsFromSecret.name=nvsentinel-db-migrator",
+            STORE_TOOLS,
         ),
         in_cluster=False,
         password_auth=True,
@@ -82,6 +90,7 @@ SCENARIOS = (
             "global.clusterDomain=k8s.example",
             "global.datastore.connection.host=nvsentinel-postgresql.nvsentinel.svc.k8s.example",
             "global.datastore.connection.port=5432",
+            STORE_TOOLS,
         ),
     ),
 )
@@ -126,13 +135,13 @@ def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
 
 def datastore_clients(objects: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
     """Every workload of the umbrella chart that talks to the store: the six services,
-    the schema Job, the changelog-prune CronJob and the helm test pod (the subcharts'
-    own pods are excluded)."""
+    the store tools, the schema Job, the changelog-prune CronJob and the helm test pod
+    (the subcharts' own pods are excluded)."""
 
     def is_client(obj: dict[str, Any]) -> bool:
         kind, name = obj["kind"], obj["metadata"]["name"]
         return (
-            (kind == "Deployment" and name in SERVICES)
+            (kind == "Deployment" and name in (*SERVICES, "nvsentinel-store-tools"))
             or (kind == "Job" and name.startswith("nvsentinel-schema-"))
             or (kind == "CronJob" and name == "nvsentinel-changelog-prune")
             or (kind == "Pod" and name == "nvsentinel-datastore-test")

@@ -55,8 +55,10 @@ def test_every_datastore_client_carries_the_label_and_reads_the_datastore_config
     scenario: Scenario,
 ) -> None:
     clients = datastore_clients(rendered(scenario))
-    # the services and the helm test pod; PostgreSQL adds the schema Job and the prune CronJob
+    # the services and the helm test pod; PostgreSQL adds the schema Job and the prune
+    # CronJob; some scenarios turn on the store tools
     expected = len(SERVICES) + 1 + (2 if scenario.provider == "postgresql" else 0)
+    expected += 1 if scenario.store_tools else 0
     assert len(clients) == expected
     for obj in clients:
         assert pod_labels(obj).get(CLIENT_LABEL) == "true", obj["metadata"]["name"]

@@ -44,6 +44,11 @@ nvsentinel.nvidia.com/datastore-client: "true"
 {{- printf "%s-%s" .root.Release.Name .provider | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* nvsentinel.storeTools.name: the store tools Deployment, <release>-store-tools. */}}
+{{- define "nvsentinel.storeTools.name" -}}
+{{- printf "%s-store-tools" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{/* nvsentinel.image: "<registry>/<repository>:<tag>" for an image values map; call with (dict "root" $ "image" <map>). */}}
 {{- define "nvsentinel.image" -}}
 {{- $tag := .image.tag | default .root.Chart.AppVersion -}}
