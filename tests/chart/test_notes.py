@@ -54,3 +54,15 @@ def test_password_auth_notes_skip_certificate_commands() -> None:
     assert "password from Secret nvsentinel-db" in text
     assert "fix-cert-permissions" not in text and "kubectl get certificate" not in text
     assert "pg.example.internal:5432 (external server)" in text
+
+
+def test_store_tools_commands_appear_only_when_the_pod_exists() -> None:
+    health = "kubectl exec -n nvsentinel deploy/nvsentinel-store-tools -- nvsentinel-store health"
+    watch = "deploy/nvsentinel-store-tools -- nvsentinel-store watch --collection health_events"
+    with_tools = notes(BY_NAME["postgresql-custom-host-and-domain"])
+    assert health in with_tools and watch in with_tools
+    without = notes(BY_NAME["postgresql-production"])
+    assert "store-tools" not in without
+    # health is PostgreSQL-only; watch works on MongoDB too
+    mongodb = notes(BY_NAME["mongodb-tilt"])
+    assert health not in mongodb and watch in mongodb

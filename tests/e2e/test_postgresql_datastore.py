@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import psycopg
 import pytest
@@ -19,16 +17,11 @@ from kubernetes import client
 
 from nvsentinel_store.config import postgres_params
 from tests.e2e.conftest import Installed
-from tests.e2e.datastore_client import (
-    Connection,
-    assert_change_stream_round_trip,
-    client_environment,
-    datastore_config,
-    loopback_resolution,
-    open_store,
-    write_client_certificate,
+from tests.e2e.datastore_client import assert_change_stream_round_trip, open_store
+from tests.e2e.postgresql_client import (  # the fixture `postgresql`
+    PostgresConnection,
+    postgresql_connection,  # noqa: F401
 )
-from tests.e2e.port_forward_relay import relay_to_service
 from tests.e2e.schema_checks import assert_schema_current, assert_tables_and_triggers
 from tests.fixtures.chart import SERVICES
 from tests.fixtures.diagnostics import kubectl
@@ -37,36 +30,6 @@ from tests.fixtures.rollout import read_state
 pytestmark = pytest.mark.e2e
 
 DATASTORE = "postgresql"
-
-
-@dataclass(frozen=True)
-class PostgresConnection(Connection):
-    """The store's connection, plus plain psycopg connections with the services' settings."""
-
-    def connect(self, **overrides: str) -> psycopg.Connection[tuple[object, ...]]:
-        params = {**postgres_params(self.settings), **overrides}
-        return psycopg.connect(**params, autocommit=True)
-
-
-@pytest.fixture(scope="module")
-def postgresql(
-    installed: Installed, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PostgresConnection]:
-    api = installed.cluster.api
-    config = datastore_config(api, installed.namespace, installed.release)
-    cert_dir = write_client_certificate(
-        api, installed.namespace, "postgresql-client-cert", tmp_path_factory.mktemp("pg-client")
-    )
-    relay = relay_to_service(api, installed.namespace, f"{installed.release}-postgresql", 5432)
-    env = client_environment(
-        config, host=config["DATASTORE_HOST"], port=relay.local_port, cert_dir=cert_dir
-    )
-    try:
-        with loopback_resolution(config["DATASTORE_HOST"]):
-            yield PostgresConnection(relay, env)
-    finally:
-        relay.close()
-    assert not relay.errors, relay.errors
 
 
 def test_services_dial_postgresql_with_verify_full_and_a_client_certificate(
