@@ -18,7 +18,8 @@ HELM3_VERSION="v3.22.0"
 KIND_VERSION="v0.30.0"
 COREDNS_VERSION="v1.14.7"
 
-ALL_TOOLS=(helm helm3 kube-apiserver kube-controller-manager kubectl kube-scheduler kube-proxy kubelet etcd kind tilt coredns)
+ALL_TOOLS=(helm helm3 kube-apiserver kube-controller-manager kubectl kube-scheduler kube-proxy kubelet etcd kind tilt coredns
+	cert-manager-controller)
 
 usage() {
 	cat <<EOF
@@ -41,6 +42,8 @@ Tools:
   kind                     sigs.k8s.io/kind ${KIND_VERSION}
   tilt                     github.com/tilt-dev/tilt $(wrapper_version tilt github.com/tilt-dev/tilt) (hack/tools/tilt)
   coredns                  github.com/coredns/coredns ${COREDNS_VERSION} (DNS of hack/local-cluster.sh)
+  cert-manager-controller  github.com/cert-manager/cert-manager $(wrapper_version cert-manager github.com/cert-manager/cert-manager) (hack/tools/cert-manager;
+                           cmd/controller, the certificates of hack/local-cluster.sh)
 
 Environment:
   NVSENTINEL_BIN_DIR       where binaries go (default: .bin/ in the checkout)
@@ -78,6 +81,7 @@ tool_version() {
 		kind) echo "${KIND_VERSION}" ;;
 		tilt) wrapper_version tilt github.com/tilt-dev/tilt ;;
 		coredns) echo "${COREDNS_VERSION}" ;;
+		cert-manager-controller) wrapper_version cert-manager github.com/cert-manager/cert-manager ;;
 		*) return 1 ;;
 	esac
 }
@@ -184,6 +188,16 @@ build_coredns() {
 	go_install_into "${out}" "${ldflags}" "github.com/coredns/coredns@${version}"
 }
 
+# cert-manager's controller only: its webhook and cainjector are not needed
+# where it runs (hack/local-cluster.sh). The version ldflags are those of
+# cert-manager's Makefile (GOLDFLAGS).
+build_cert_manager_controller() {
+	local out="$1" version="$2" ldflags
+	ldflags="-s -w -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=${version}"
+	ldflags+=" -X github.com/cert-manager/cert-manager/pkg/util.AppGitCommit=$(origin_commit "github.com/cert-manager/cert-manager@${version}" cert-manager)"
+	go_build_wrapper cert-manager "${out}/cert-manager-controller" "${ldflags}" github.com/cert-manager/cert-manager/cmd/controller
+}
+
 build_tilt() {
 	local out="$1" version="$2" ldflags src work
 	# tilt embeds its web UI from pkg/assets/build, but the module does not
@@ -223,6 +237,7 @@ build_into_cache() {
 		kind) build_kind "${tmp}" "${version}" ;;
 		tilt) build_tilt "${tmp}" "${version}" ;;
 		coredns) build_coredns "${tmp}" "${version}" ;;
+		cert-manager-controller) build_cert_manager_controller "${tmp}" "${version}" ;;
 	esac
 	[[ -x "${tmp}/${tool}" ]] || die "${tool} ${version}: the build produced no ${tool} binary"
 	rm -rf "${entry}"

@@ -3,8 +3,9 @@
 # the control plane of hack/control-plane.sh (etcd, kube-apiserver,
 # kube-controller-manager on 127.0.0.1), kube-scheduler, containerd with its
 # own root, state and socket, kubelet, kube-proxy (iptables) and a CNI bridge
-# with pod and service ranges of its own. Images are local builds
-# (hack/build-images.sh) imported into containerd.
+# with pod and service ranges of its own, CoreDNS, and cert-manager's
+# controller as a host process. Images are local builds (hack/build-images.sh)
+# imported into containerd.
 set -euo pipefail
 
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,10 +25,15 @@ CGROUP_ROOT="/nvsentinel-local"
 GUARD_METRIC="4242"
 MARKER=".nvsentinel-local-cluster"
 BRIDGE_GUARD_RULE=(-i "${BRIDGE}" ! -o "${BRIDGE}" -m comment --comment "nvsentinel-local: pod traffic stays on its bridge" -j DROP)
-COMPONENTS=(kube-scheduler containerd kubelet kube-proxy)
+COMPONENTS=(kube-scheduler containerd kubelet kube-proxy cert-manager)
 PERSISTENT_VOLUMES=8
 # Port 9 (discard) on loopback: nothing listens there.
 NO_REGISTRY_PROXY="http://127.0.0.1:9"
+# cert-manager's controllers for SelfSigned and CA issuers, which is all the
+# chart uses: no ACME (orders, challenges, HTTP-01 solver pods), Vault or
+# Venafi signers, no ingress or gateway shims.
+CERT_MANAGER_CONTROLLERS="issuers,clusterissuers,certificaterequests-approver,certificaterequests-issuer-ca,certificaterequests-issuer-selfsigned,certificates-trigger,certificates-issuing,certificates-key-manager,certificates-request-manager,certificates-readiness,certificates-revision-manager,certificates-metrics"
+CERT_MANAGER_CHECK="nvsentinel-local-cert-manager-check"
 # Sysctls kubelet (and the CNI bridge) may set; down puts back what up found.
 SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
 	kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward)
@@ -44,12 +50,13 @@ A single-node Kubernetes 1.34 made of processes, for the e2e tier where no
 container engine exists. Needs root and the Debian packages containerd, runc,
 containernetworking-plugins, iptables, conntrack and debootstrap, and the
 binaries of hack/build-tools.sh (etcd kube-apiserver kube-controller-manager
-kube-scheduler kubelet kube-proxy kubectl helm coredns).
+kube-scheduler kubelet kube-proxy kubectl helm coredns cert-manager-controller).
 
 Commands:
   up          start everything (or notice the running cluster), wait until
-              the node is Ready and a pod resolves a Service name through
-              CoreDNS, print 'export KUBECONFIG=...'
+              the node is Ready, a pod resolves a Service name through
+              CoreDNS and cert-manager issues a certificate, print
+              'export KUBECONFIG=...'
   down        stop every process up started; remove its containers, mounts,
               network interfaces, iptables chains, cgroups, routes and state;
               put back the sysctls kubelet changed
@@ -72,6 +79,13 @@ Storage: a default StorageClass 'standard' with ${PERSISTENT_VOLUMES} local Pers
 (100Gi each, in the state directory; not provisioned on demand, not reused).
 The node carries the label node-role.kubernetes.io/control-plane, as a kind
 node does.
+
+Certificates: cert-manager's controller (hack/build-tools.sh
+cert-manager-controller) runs as a host process with the admin kubeconfig,
+for SelfSigned and CA issuers only (no ACME, Vault or Venafi; any HTTP dial
+off the machine goes to a closed loopback proxy), metrics on 127.0.0.1, no
+leader election. Its webhook and cainjector do not run: nothing validates or
+defaults cert-manager objects beyond their CRDs' schemas.
 
 Images: hack/build-images.sh builds them; up imports them tagged with the
 references the chart renders, and says which are local stand-ins.
@@ -170,7 +184,8 @@ wait_until() {
 require_tools() {
 	local name
 	[[ "$(id -u)" == 0 ]] || die "needs root (containerd, kubelet, iptables, routes)"
-	for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm coredns; do
+	for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm coredns \
+		cert-manager-controller; do
 		[[ -x "${BIN_DIR}/${name}" ]] || die "${BIN_DIR}/${name} is missing; run hack/build-tools.sh"
 	done
 	for name in containerd containerd-shim-runc-v2 runc ctr iptables ip6tables conntrack ip openssl python3; do
@@ -372,18 +387,21 @@ start_containerd() {
 # --- images -------------------------------------------------------------------
 
 # chart_refs: 'IMAGE REF' for every image the chart renders that a local
-# build stands in for (busybox -> shell, postgres -> postgresql), with the
+# build stands in for (busybox -> shell, postgres -> postgresql, the store
+# tools' unpublished nvsentinel-store), with the
 # name containerd gives the reference.
 chart_refs() {
 	local values
 	for values in values-postgresql.yaml values-tilt-postgresql.yaml; do
-		"${BIN_DIR}/helm" template nvsentinel "${ROOT_DIR}/charts/nvsentinel" -f "${ROOT_DIR}/${values}" |
+		"${BIN_DIR}/helm" template nvsentinel "${ROOT_DIR}/charts/nvsentinel" -f "${ROOT_DIR}/${values}" \
+			--set storeTools.enabled=true |
 			sed -n 's/^[[:space:]]*image:[[:space:]]*"\{0,1\}\([^"]*\)"\{0,1\}[[:space:]]*$/\1/p'
 	done | sort -u | while read -r ref; do
 		local repo="${ref%:*}" image=""
 		case "${repo##*/}" in
 			busybox) image=shell ;;
 			postgres) image=postgresql ;;
+			nvsentinel-store) image=nvsentinel-store ;;
 		esac
 		[[ -n "${image}" ]] || continue
 		# A Docker Hub name without a namespace lives under library/.
@@ -406,7 +424,7 @@ refs_of() {
 
 build_images() {
 	chart_refs >"${STATE_DIR}/image-refs"
-	"${ROOT_DIR}/hack/build-images.sh" --refs-file "${STATE_DIR}/image-refs" pause shell postgresql coredns \
+	"${ROOT_DIR}/hack/build-images.sh" --refs-file "${STATE_DIR}/image-refs" pause shell postgresql coredns nvsentinel-store \
 		>"${STATE_DIR}/image-archives"
 }
 
@@ -415,7 +433,7 @@ import_images() {
 	while read -r archive; do
 		ctr_ images import --snapshotter overlayfs "${archive}" >/dev/null
 	done <"${STATE_DIR}/image-archives"
-	for image in shell postgresql; do
+	for image in shell postgresql nvsentinel-store; do
 		refs_of "${image}" | while read -r ref; do
 			log "local-cluster: image ${ref} is a LOCAL BUILD standing in for the published one ($(describe_image "${image}"))"
 		done
@@ -426,6 +444,7 @@ describe_image() {
 	case "$1" in
 		shell) echo "Debian busybox-static" ;;
 		postgresql) echo "Debian bookworm postgresql-15: PostgreSQL 15, not the tag's version" ;;
+		nvsentinel-store) echo "this checkout's nvsentinel_store on Debian bookworm python3; not published anywhere" ;;
 	esac
 }
 
@@ -532,11 +551,12 @@ EOF
 
 choose_ports() {
 	read -r KUBELET_PORT KUBELET_HEALTHZ_PORT SCHEDULER_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT \
-		COREDNS_HEALTH_PORT COREDNS_READY_PORT <<<"$(free_ports 7)"
+		COREDNS_HEALTH_PORT COREDNS_READY_PORT CERT_MANAGER_METRICS_PORT <<<"$(free_ports 8)"
 	printf '%s\n' "KUBELET_PORT=${KUBELET_PORT}" "KUBELET_HEALTHZ_PORT=${KUBELET_HEALTHZ_PORT}" \
 		"SCHEDULER_PORT=${SCHEDULER_PORT}" "PROXY_HEALTHZ_PORT=${PROXY_HEALTHZ_PORT}" \
 		"PROXY_METRICS_PORT=${PROXY_METRICS_PORT}" "COREDNS_HEALTH_PORT=${COREDNS_HEALTH_PORT}" \
-		"COREDNS_READY_PORT=${COREDNS_READY_PORT}" >"${STATE_DIR}/ports.env"
+		"COREDNS_READY_PORT=${COREDNS_READY_PORT}" "CERT_MANAGER_METRICS_PORT=${CERT_MANAGER_METRICS_PORT}" \
+		>"${STATE_DIR}/ports.env"
 }
 
 # coredns_manifests: CoreDNS as a Deployment in kube-system behind the
@@ -742,6 +762,68 @@ check_dns() {
 		die "CoreDNS answered without the kubernetes Service's address: ${answer}"
 }
 
+# --- cert-manager -------------------------------------------------------------
+
+# cert_manager_check_manifests: a SelfSigned Issuer and a Certificate it signs,
+# in kube-system; up deletes them (and the Secret) once the Certificate is Ready.
+cert_manager_check_manifests() {
+	cat <<EOF
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata:
+  name: ${CERT_MANAGER_CHECK}
+  namespace: kube-system
+spec:
+  selfSigned: {}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata:
+  name: ${CERT_MANAGER_CHECK}
+  namespace: kube-system
+spec:
+  secretName: ${CERT_MANAGER_CHECK}
+  commonName: ${CERT_MANAGER_CHECK}
+  duration: 1h
+  privateKey:
+    algorithm: ECDSA
+    size: 256
+  issuerRef:
+    kind: Issuer
+    name: ${CERT_MANAGER_CHECK}
+EOF
+}
+
+# cert_manager_issued: the check Certificate is Ready and its Secret holds a certificate.
+cert_manager_issued() {
+	kubectl -n kube-system wait --for=condition=Ready --timeout=2s "certificate/${CERT_MANAGER_CHECK}" &&
+		[[ -n "$(kubectl -n kube-system get secret "${CERT_MANAGER_CHECK}" -o jsonpath='{.data.tls\.crt}')" ]]
+}
+
+# start_cert_manager: cert-manager's controller (no webhook, no cainjector) on
+# the host with the admin kubeconfig, for SelfSigned and CA issuers; healthy
+# once it has issued a certificate. Nothing it runs dials out: the ACME, Vault
+# and Venafi controllers are off, and its HTTP clients would go through a
+# proxy on a closed loopback port (the API server, on 127.0.0.1, is never
+# proxied).
+start_cert_manager() {
+	start cert-manager env HTTP_PROXY="${NO_REGISTRY_PROXY}" HTTPS_PROXY="${NO_REGISTRY_PROXY}" NO_PROXY= \
+		http_proxy="${NO_REGISTRY_PROXY}" https_proxy="${NO_REGISTRY_PROXY}" no_proxy= \
+		"${BIN_DIR}/cert-manager-controller" \
+		--kubeconfig="$(kubeconfig_path)" \
+		--leader-elect=false \
+		--cluster-resource-namespace=kube-system \
+		--controllers="${CERT_MANAGER_CONTROLLERS}" \
+		--metrics-listen-address="127.0.0.1:${CERT_MANAGER_METRICS_PORT}" \
+		--v=2
+	wait_until cert-manager "its metrics endpoint answering" \
+		curl --silent --fail "http://127.0.0.1:${CERT_MANAGER_METRICS_PORT}/metrics"
+	cert_manager_check_manifests | kubectl apply --server-side --field-manager=nvsentinel-local-cluster -f - >/dev/null
+	wait_until cert-manager "a SelfSigned certificate issued" cert_manager_issued
+	kubectl -n kube-system delete --ignore-not-found "certificate/${CERT_MANAGER_CHECK}" \
+		"issuer/${CERT_MANAGER_CHECK}" "secret/${CERT_MANAGER_CHECK}" >/dev/null
+}
+
 # --- down ---------------------------------------------------------------------
 
 # stop_component NAME: TERM, then KILL after 10s.
@@ -878,6 +960,7 @@ remove_cgroups() {
 stop_everything() {
 	# Without a scheduler, the pods controllers make again stay Pending.
 	stop_component kube-scheduler
+	stop_component cert-manager
 	remove_pods
 	stop_component kube-proxy
 	stop_component kubelet
@@ -958,6 +1041,7 @@ cmd_up() {
 	step "node labelled, storage made" prepare_node
 	step "CoreDNS rolled out" deploy_coredns
 	step "a pod resolved a Service name" check_dns
+	step "cert-manager issued a certificate" start_cert_manager
 	touch "${STATE_DIR}/ready"
 	UP_DONE=1
 	log "local-cluster: up in $(seconds_since "${start_time}")s (state in ${STATE_DIR})"

@@ -17,8 +17,11 @@ Environment:
 - ``CERT_MANAGER_VERSION`` (default below) or ``CERT_MANAGER_MANIFEST``
   (a URL or a file path) for the cert-manager static manifest.
 - ``E2E_ARTIFACTS``: where failure diagnostics go (default ``e2e-artifacts/``).
-- ``E2E_CERTIFICATES=issue``: no cert-manager; hack/issue-certificates.py issues the
-  chart's certificate Secrets (hack/local-cluster.sh).
+- ``E2E_CERTIFICATES``: unset applies cert-manager's static manifest (above);
+  ``installed``: cert-manager already runs in the cluster (hack/local-cluster.sh runs
+  its controller on the host), so the tier only checks that the cert-manager.io
+  CRDs are established; ``issue``: no cert-manager, hack/issue-certificates.py
+  issues the chart's certificate Secrets.
 - ``E2E_HELM_SET``: extra ``--set`` assignments for the install, comma-separated.
 """
 
@@ -59,6 +62,13 @@ CERT_MANAGER_MANIFEST_URL = (
     "https://github.com/cert-manager/cert-manager/releases/download/{version}/cert-manager.yaml"
 )
 CERT_MANAGER_DEPLOYMENTS = ("cert-manager", "cert-manager-cainjector", "cert-manager-webhook")
+#: The CRDs the chart's objects need, checked with ``E2E_CERTIFICATES=installed``.
+CERT_MANAGER_CRDS = (
+    "certificates.cert-manager.io",
+    "certificaterequests.cert-manager.io",
+    "issuers.cert-manager.io",
+    "clusterissuers.cert-manager.io",
+)
 
 #: Images this repository builds and loads into kind. None today: the chart runs the
 #: official `postgres` and `mongo` images and NVSentinel's published service images,
@@ -254,11 +264,20 @@ spec:
 def cert_manager(e2e_cluster: E2ECluster) -> Iterator[str]:
     """cert-manager installed from its static manifest, its webhook admitting objects.
 
-    With ``E2E_CERTIFICATES=issue`` (hack/local-cluster.sh, where cert-manager cannot
-    run) hack/issue-certificates.py issues the Secrets of the chart's Certificates
-    in the release namespace instead, for the whole session.
+    With ``E2E_CERTIFICATES=installed`` cert-manager already runs (hack/local-cluster.sh):
+    only its CRDs are checked, and "installed" is returned. With
+    ``E2E_CERTIFICATES=issue`` (a cluster without cert-manager)
+    hack/issue-certificates.py issues the Secrets of the chart's Certificates in the
+    release namespace instead, for the whole session.
     """
-    if os.environ.get("E2E_CERTIFICATES") == "issue":
+    mode = os.environ.get("E2E_CERTIFICATES", "")
+    if mode not in ("", "installed", "issue"):
+        raise pytest.UsageError(f"E2E_CERTIFICATES={mode!r}; expected installed or issue")
+    if mode == "installed":
+        _check_cert_manager_crds(e2e_cluster)
+        yield "installed"
+        return
+    if mode == "issue":
         issuer = subprocess.Popen(
             [
                 str(REPO / ".venv" / "bin" / "python"),
@@ -278,6 +297,27 @@ def cert_manager(e2e_cluster: E2ECluster) -> Iterator[str]:
             issuer.wait(timeout=30)
         return
     yield _install_cert_manager(e2e_cluster)
+
+
+def _check_cert_manager_crds(e2e_cluster: E2ECluster) -> None:
+    """Fail unless every CRD in CERT_MANAGER_CRDS exists and is Established."""
+    extensions = client.ApiextensionsV1Api(e2e_cluster.api)
+    problems: list[str] = []
+    for name in CERT_MANAGER_CRDS:
+        try:
+            crd = extensions.read_custom_resource_definition(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            problems.append(f"{name} is missing")
+            continue
+        conditions = (crd.status.conditions or []) if crd.status else []
+        if not any(c.type == "Established" and c.status == "True" for c in conditions):
+            problems.append(f"{name} is not Established")
+    assert not problems, (
+        "E2E_CERTIFICATES=installed, but cert-manager's CRDs are not in place: "
+        + "; ".join(problems)
+    )
 
 
 def _install_cert_manager(e2e_cluster: E2ECluster) -> str:
