@@ -141,7 +141,9 @@ wait_for() {
 	shift 3
 	deadline=$((SECONDS + READY_TIMEOUT_SECONDS))
 	while ((SECONDS < deadline)); do
-		[[ -n "$(component_pid "${name}")" ]] || fail_component "${name}" "exited"
+		# The pid, not component_pid: right after the fork the process may not
+		# have exec'd its program yet, and its command line is still the shell's.
+		kill -0 "$(cat "$(pid_file "${name}")")" 2>/dev/null || fail_component "${name}" "exited"
 		body="$(curl --silent --max-time 5 "$@" "${url}" 2>/dev/null || true)"
 		[[ "${body}" == "${expected}" ]] && return 0
 		sleep 0.2
