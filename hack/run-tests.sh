@@ -69,6 +69,7 @@ run_e2e_tier() {
   local rc=0 kubeconfig
   kubeconfig=$("$REPO/hack/local-cluster.sh" kubeconfig)
   E2E_KUBECONFIG="$kubeconfig" E2E_DATASTORE=postgresql E2E_CERTIFICATES=installed \
+    E2E_NODE_LOGS="${NVSENTINEL_LOCAL_CLUSTER_DIR:-$REPO/.state/local-cluster}/logs" \
     E2E_HELM_SET=postgresql.metrics.enabled=false run_tier e2e "$@" || rc=$?
   "$REPO/hack/local-cluster.sh" down >/dev/null || rc=1
   return "$rc"

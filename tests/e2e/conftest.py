@@ -20,9 +20,15 @@ Environment:
 - ``E2E_CERTIFICATES``: unset applies cert-manager's static manifest (above);
   ``installed``: cert-manager already runs in the cluster (hack/local-cluster.sh runs
   its controller on the host), so the tier only checks that the cert-manager.io
-  CRDs are established; ``issue``: no cert-manager, hack/issue-certificates.py
-  issues the chart's certificate Secrets.
+  CRDs are established.
 - ``E2E_HELM_SET``: extra ``--set`` assignments for the install, comma-separated.
+- ``E2E_NODE_LOGS``: a folder of the node's own logs (``*.log``: kubelet, containerd,
+  ...), copied into the failure diagnostics (hack/run-tests.sh sets it for
+  hack/local-cluster.sh; on kind, ``kind export logs`` does this).
+
+A test module sets ``DATASTORE``, and may set ``VALUES`` (values files; default
+``VALUES_FILES[DATASTORE]``) and ``HELM_SET`` (``--set`` assignments) for the
+release the ``installed`` fixture makes for it.
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from tests.fixtures.chart import find, render
 from tests.fixtures.cluster import Helm
-from tests.fixtures.diagnostics import collect_namespace, kubectl
+from tests.fixtures.diagnostics import collect_namespace, collect_node_logs, kubectl
 from tests.fixtures.rollout import wait_for_rollout
 
 # Shared assertions live in helper modules: let pytest explain their failures too.
@@ -70,10 +77,13 @@ CERT_MANAGER_CRDS = (
     "clusterissuers.cert-manager.io",
 )
 
-#: Images this repository builds and loads into kind. None today: the chart runs the
-#: official `postgres` and `mongo` images and NVSentinel's published service images,
-#: which the kind nodes pull themselves.
-PROJECT_IMAGES: tuple[str, ...] = ()
+#: Images this repository builds (hack/build-images.sh) and loads into kind: the store
+#: tools' nvsentinel-store, which no registry publishes. The rest (postgres, mongo,
+#: NVSentinel's services) the kind nodes pull themselves. hack/local-cluster.sh
+#: imports its own builds.
+PROJECT_IMAGES = ("nvsentinel-store",)
+#: Turns on the store tools Deployment (the modules that use it set it in HELM_SET).
+STORE_TOOLS = "storeTools.enabled=true"
 
 #: The values file each datastore is installed with (the production overlay for
 #: PostgreSQL; the chart's defaults select MongoDB).
@@ -207,12 +217,25 @@ def _create_kind_cluster(name: str, kubeconfig: Path) -> bool:
     return True
 
 
-def _load_project_images(kind_name: str | None) -> None:
-    """Load the images this repository builds into the kind nodes (none today)."""
+def store_tools_image() -> str:
+    """The reference the chart gives the store tools image."""
+    objects = render([], [STORE_TOOLS])
+    (container,) = find(objects, "Deployment", f"{RELEASE}-store-tools")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    return str(container["image"])
+
+
+def _load_project_images(kind_name: str) -> None:
+    """Build the images this repository makes and load them into the kind nodes."""
     kind = _tool("kind")
-    for image in PROJECT_IMAGES:
-        assert kind is not None and kind_name is not None
-        run([kind, "load", "docker-image", image, "--name", kind_name], timeout=900)
+    assert kind is not None
+    STATE.mkdir(parents=True, exist_ok=True)
+    refs = STATE / "image-refs"
+    refs.write_text(f"nvsentinel-store {store_tools_image()}\n")
+    built = run([str(REPO / "hack" / "build-images.sh"), "--refs-file", str(refs), *PROJECT_IMAGES])
+    for archive in built.split():
+        run([kind, "load", "image-archive", archive, "--name", kind_name], timeout=900)
 
 
 @pytest.fixture(scope="session")
@@ -230,7 +253,8 @@ def e2e_cluster() -> Iterator[E2ECluster]:
         created = _create_kind_cluster(kind_name, kubeconfig)
     api = config.new_client_from_config(config_file=str(kubeconfig))
     cluster = E2ECluster(kubeconfig, api, kind_name)
-    _load_project_images(kind_name)
+    if kind_name is not None:
+        _load_project_images(kind_name)
     try:
         yield cluster
     finally:
@@ -261,42 +285,19 @@ spec:
 
 
 @pytest.fixture(scope="session")
-def cert_manager(e2e_cluster: E2ECluster) -> Iterator[str]:
+def cert_manager(e2e_cluster: E2ECluster) -> str:
     """cert-manager installed from its static manifest, its webhook admitting objects.
 
     With ``E2E_CERTIFICATES=installed`` cert-manager already runs (hack/local-cluster.sh):
-    only its CRDs are checked, and "installed" is returned. With
-    ``E2E_CERTIFICATES=issue`` (a cluster without cert-manager)
-    hack/issue-certificates.py issues the Secrets of the chart's Certificates in the
-    release namespace instead, for the whole session.
+    only its CRDs are checked, and "installed" is returned.
     """
     mode = os.environ.get("E2E_CERTIFICATES", "")
-    if mode not in ("", "installed", "issue"):
-        raise pytest.UsageError(f"E2E_CERTIFICATES={mode!r}; expected installed or issue")
+    if mode not in ("", "installed"):
+        raise pytest.UsageError(f"E2E_CERTIFICATES={mode!r}; expected unset or 'installed'")
     if mode == "installed":
         _check_cert_manager_crds(e2e_cluster)
-        yield "installed"
-        return
-    if mode == "issue":
-        issuer = subprocess.Popen(
-            [
-                str(REPO / ".venv" / "bin" / "python"),
-                str(REPO / "hack" / "issue-certificates.py"),
-                "--kubeconfig",
-                str(e2e_cluster.kubeconfig),
-                "--namespace",
-                NAMESPACE,
-                "--watch",
-                "0",
-            ]
-        )
-        try:
-            yield "hack/issue-certificates.py"
-        finally:
-            issuer.terminate()
-            issuer.wait(timeout=30)
-        return
-    yield _install_cert_manager(e2e_cluster)
+        return "installed"
+    return _install_cert_manager(e2e_cluster)
 
 
 def _check_cert_manager_crds(e2e_cluster: E2ECluster) -> None:
@@ -368,45 +369,97 @@ class Installed:
 
     cluster: E2ECluster
     datastore: str
+    #: The values files and --set assignments of the install (an upgrade keeps them).
+    values: tuple[str, ...] = ()
+    set_values: tuple[str, ...] = ()
     release: str = RELEASE
     namespace: str = NAMESPACE
 
+    def helm_values_args(self) -> list[str]:
+        args: list[str] = []
+        for values in self.values:
+            args += ["--values", str(REPO / values)]
+        for assignment in self.set_values:
+            args += ["--set", assignment]
+        return args
 
-def install_release(cluster: E2ECluster, datastore: str) -> Installed:
-    """`helm install` the chart for ``datastore`` and wait until its workloads are rolled out."""
-    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace"]
-    for values in VALUES_FILES[datastore]:
-        args += ["--values", str(REPO / values)]
-    # E2E_HELM_SET: extra --set assignments, comma-separated (a cluster lacking an image).
-    for assignment in filter(None, os.environ.get("E2E_HELM_SET", "").split(",")):
-        args += ["--set", assignment]
-    cluster.helm(*args)
+    def upgrade(self, chart: Path) -> None:
+        """`helm upgrade` the release to ``chart`` (a changed copy) with the same values."""
+        self.cluster.helm(
+            "upgrade",
+            self.release,
+            str(chart),
+            "--namespace",
+            self.namespace,
+            *self.helm_values_args(),
+        )
+
+
+def install_release(
+    cluster: E2ECluster, datastore: str, values: tuple[str, ...], set_values: tuple[str, ...]
+) -> Installed:
+    """`helm install` the chart for ``datastore`` and wait until its workloads are rolled out.
+
+    E2E_HELM_SET adds --set assignments (a cluster lacking an image) after ``set_values``.
+    """
+    extra = tuple(filter(None, os.environ.get("E2E_HELM_SET", "").split(",")))
+    release = Installed(cluster, datastore, values, (*set_values, *extra))
+    cluster.helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        *release.helm_values_args(),
+    )
     wait_for_rollout(cluster.api, "StatefulSet", f"{RELEASE}-{datastore}", NAMESPACE, timeout=600)
     for job in client.BatchV1Api(cluster.api).list_namespaced_job(NAMESPACE).items:
         wait_for_rollout(cluster.api, "Job", job.metadata.name, NAMESPACE, timeout=600)
-    return Installed(cluster, datastore)
+    if STORE_TOOLS in release.set_values:
+        wait_for_rollout(
+            cluster.api, "Deployment", f"{RELEASE}-store-tools", NAMESPACE, timeout=300
+        )
+    return release
+
+
+def collect_diagnostics(cluster: E2ECluster, namespace: str, dest: Path) -> None:
+    """The namespace's events, describe output and pod logs, and the node's own logs."""
+    collect_namespace(cluster.api, cluster.kubeconfig, namespace, dest)
+    node_logs = os.environ.get("E2E_NODE_LOGS")
+    if node_logs:
+        collect_node_logs(Path(node_logs), dest)
+    elif cluster.kind_name is not None:
+        kind = _tool("kind")
+        assert kind is not None
+        subprocess.run(
+            [kind, "export", "logs", str(dest / "node-logs"), "--name", cluster.kind_name],
+            capture_output=True,
+            check=False,
+            timeout=300,
+        )
 
 
 @pytest.fixture(scope="module")
 def installed(
     request: pytest.FixtureRequest, e2e_cluster: E2ECluster, cert_manager: str
 ) -> Iterator[Installed]:
-    """The chart installed with the requesting module's DATASTORE, removed afterwards.
+    """The chart installed for the requesting module (DATASTORE, VALUES, HELM_SET),
+    removed afterwards.
 
-    When the install fails, the namespace's events, describe output and pod logs
-    are written to e2e-artifacts/<datastore>-install/ before the error is raised.
+    When the install fails, the diagnostics (events, describe output, pod and node
+    logs) are written to e2e-artifacts/<module>-install/ before the error is raised.
     """
-    datastore = request.module.DATASTORE
+    module = request.module
+    datastore = module.DATASTORE
+    values = tuple(getattr(module, "VALUES", VALUES_FILES[datastore]))
+    set_values = tuple(getattr(module, "HELM_SET", ()))
     _delete_namespace(e2e_cluster, NAMESPACE)
     try:
-        release = install_release(e2e_cluster, datastore)
+        release = install_release(e2e_cluster, datastore, values, set_values)
     except BaseException:
-        collect_namespace(
-            e2e_cluster.api,
-            e2e_cluster.kubeconfig,
-            NAMESPACE,
-            artifacts_root() / f"{datastore}-install",
-        )
+        name = module.__name__.rsplit(".", 1)[-1]
+        collect_diagnostics(e2e_cluster, NAMESPACE, artifacts_root() / f"{name}-install")
         raise
     yield release
     e2e_cluster.helm("uninstall", RELEASE, "--namespace", NAMESPACE)
@@ -423,9 +476,4 @@ def _collect_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     if "installed" not in request.fixturenames:
         return
     release: Installed = request.getfixturevalue("installed")
-    collect_namespace(
-        release.cluster.api,
-        release.cluster.kubeconfig,
-        release.namespace,
-        artifacts_root() / request.node.name,
-    )
+    collect_diagnostics(release.cluster, release.namespace, artifacts_root() / request.node.name)

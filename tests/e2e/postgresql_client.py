@@ -6,11 +6,13 @@ Test modules import ``postgresql_connection``, the ``postgresql`` fixture, from 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
 import pytest
+from kubernetes import client
 
 from nvsentinel_store.config import postgres_params
 from tests.e2e.conftest import Installed
@@ -33,6 +35,21 @@ class PostgresConnection(Connection):
         return psycopg.connect(**params, autocommit=True)
 
 
+def development_password(api: client.ApiClient, installed: Installed) -> str | None:
+    """The application role's password where the release has one (values-tilt-postgresql.yaml).
+
+    With `postgresql.auth.passwordAuthentication`, PostgreSQL asks a connection from
+    its pod's loopback (which is where a port-forward arrives) for the password
+    instead of the certificate, as a developer's psql through a port-forward
+    uses it. The subchart's Secret holds it under `password` only then.
+    """
+    secret = client.CoreV1Api(api).read_namespaced_secret(
+        f"{installed.release}-postgresql", installed.namespace
+    )
+    encoded = (secret.data or {}).get("password")
+    return base64.b64decode(encoded).decode() if encoded else None
+
+
 @pytest.fixture(scope="module", name="postgresql")
 def postgresql_connection(
     installed: Installed, tmp_path_factory: pytest.TempPathFactory
@@ -47,6 +64,9 @@ def postgresql_connection(
     env = client_environment(
         config, host=config["DATASTORE_HOST"], port=relay.local_port, cert_dir=cert_dir
     )
+    password = development_password(api, installed)
+    if password is not None:
+        env["DATASTORE_PASSWORD"] = password
     try:
         with loopback_resolution(config["DATASTORE_HOST"]):
             yield PostgresConnection(relay, env)

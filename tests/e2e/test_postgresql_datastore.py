@@ -16,13 +16,14 @@ import pytest
 from kubernetes import client
 
 from nvsentinel_store.config import postgres_params
-from tests.e2e.conftest import Installed
+from tests.e2e.conftest import STORE_TOOLS, Installed
 from tests.e2e.datastore_client import assert_change_stream_round_trip, open_store
 from tests.e2e.postgresql_client import (  # the fixture `postgresql`
     PostgresConnection,
     postgresql_connection,  # noqa: F401
 )
 from tests.e2e.schema_checks import assert_schema_current, assert_tables_and_triggers
+from tests.e2e.store_tools import StoreTools
 from tests.fixtures.chart import SERVICES
 from tests.fixtures.diagnostics import kubectl
 from tests.fixtures.rollout import read_state
@@ -30,6 +31,7 @@ from tests.fixtures.rollout import read_state
 pytestmark = pytest.mark.e2e
 
 DATASTORE = "postgresql"
+HELM_SET = (STORE_TOOLS,)
 
 
 def test_services_dial_postgresql_with_verify_full_and_a_client_certificate(
@@ -215,3 +217,13 @@ def test_chart_helm_test_connects_with_the_client_certificate(installed: Install
         "test", installed.release, "--namespace", installed.namespace, "--logs", timeout=600
     )
     assert "Succeeded" in output, output
+
+
+def test_store_tools_pod_reports_healthy_with_the_production_values(installed: Installed) -> None:
+    """`nvsentinel-store health` run where operators run it: in the cluster, as the services."""
+    tools = StoreTools(installed.cluster.kubeconfig, installed.namespace, installed.release)
+    report = tools.health()
+    assert report["healthy"], report
+    checks = {check["name"]: check for check in report["checks"]}
+    assert "(sslmode verify-full)" in checks["tls"]["detail"], checks
+    assert checks["connection"]["detail"].startswith("user nvsentinel "), checks
