@@ -30,7 +30,7 @@ from nvsentinel_store.config import Settings
 from nvsentinel_store.providers.mongodb import MongoStore
 from nvsentinel_store.providers.postgresql import PostgresStore
 from nvsentinel_store.store import ChangeEvent, ChangeStream, Store
-from tests.e2e.port_forward_relay import PortForwardRelay
+from tests.e2e.port_forward_relay import PortForwardRelay, relay_to_service
 
 _real_getaddrinfo = socket.getaddrinfo
 
@@ -191,3 +191,37 @@ class Connection:
     @property
     def settings(self) -> Settings:
         return Settings.from_env(self.env, application_name="nvsentinel-e2e")
+
+
+@contextlib.contextmanager
+def relayed_environment(
+    api: client.ApiClient,
+    namespace: str,
+    release: str,
+    *,
+    store: str,
+    port: int,
+    certificate_secret: str,
+    cert_dir: Path,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[tuple[PortForwardRelay, dict[str, str]]]:
+    """A relay to the Service ``<release>-<store>`` and the services' environment for it.
+
+    The environment is the datastore ConfigMap's, with the relay's port, the client
+    certificate of ``certificate_secret`` written into ``cert_dir``, and ``extra_env``;
+    the Service's name resolves to the relay while the block runs. On leaving, the
+    relay is closed, and any error it met while forwarding fails the test.
+    """
+    config = datastore_config(api, namespace, release)
+    write_client_certificate(api, namespace, certificate_secret, cert_dir)
+    relay = relay_to_service(api, namespace, f"{release}-{store}", port)
+    env = client_environment(
+        config, host=config["DATASTORE_HOST"], port=relay.local_port, cert_dir=cert_dir
+    )
+    env.update(extra_env or {})
+    try:
+        with loopback_resolution(config["DATASTORE_HOST"]):
+            yield relay, env
+    finally:
+        relay.close()
+    assert not relay.errors, relay.errors

@@ -16,14 +16,7 @@ from kubernetes import client
 
 from nvsentinel_store.config import postgres_params
 from tests.e2e.conftest import Installed
-from tests.e2e.datastore_client import (
-    Connection,
-    client_environment,
-    datastore_config,
-    loopback_resolution,
-    write_client_certificate,
-)
-from tests.e2e.port_forward_relay import relay_to_service
+from tests.e2e.datastore_client import Connection, relayed_environment
 
 
 @dataclass(frozen=True)
@@ -56,20 +49,15 @@ def postgresql_connection(
 ) -> Iterator[PostgresConnection]:
     """A relay to the release's PostgreSQL Service and the services' settings for it."""
     api = installed.cluster.api
-    config = datastore_config(api, installed.namespace, installed.release)
-    cert_dir = write_client_certificate(
-        api, installed.namespace, "postgresql-client-cert", tmp_path_factory.mktemp("pg-client")
-    )
-    relay = relay_to_service(api, installed.namespace, f"{installed.release}-postgresql", 5432)
-    env = client_environment(
-        config, host=config["DATASTORE_HOST"], port=relay.local_port, cert_dir=cert_dir
-    )
     password = development_password(api, installed)
-    if password is not None:
-        env["DATASTORE_PASSWORD"] = password
-    try:
-        with loopback_resolution(config["DATASTORE_HOST"]):
-            yield PostgresConnection(relay, env)
-    finally:
-        relay.close()
-    assert not relay.errors, relay.errors
+    with relayed_environment(
+        api,
+        installed.namespace,
+        installed.release,
+        store="postgresql",
+        port=5432,
+        certificate_secret="postgresql-client-cert",
+        cert_dir=tmp_path_factory.mktemp("pg-client"),
+        extra_env={"DATASTORE_PASSWORD": password} if password is not None else None,
+    ) as (relay, env):
+        yield PostgresConnection(relay, env)

@@ -22,13 +22,9 @@ from tests.e2e.conftest import Installed
 from tests.e2e.datastore_client import (
     Connection,
     assert_change_stream_round_trip,
-    client_environment,
-    datastore_config,
-    loopback_resolution,
     open_store,
-    write_client_certificate,
+    relayed_environment,
 )
-from tests.e2e.port_forward_relay import relay_to_service
 from tests.fixtures.diagnostics import kubectl
 
 pytestmark = pytest.mark.e2e
@@ -50,21 +46,16 @@ class MongoConnection(Connection):
 def mongodb(
     installed: Installed, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[MongoConnection]:
-    api = installed.cluster.api
-    config = datastore_config(api, installed.namespace, installed.release)
-    cert_dir = write_client_certificate(
-        api, installed.namespace, "mongodb-client-cert", tmp_path_factory.mktemp("mongo-client")
-    )
-    relay = relay_to_service(api, installed.namespace, f"{installed.release}-mongodb", 27017)
-    env = client_environment(
-        config, host=config["DATASTORE_HOST"], port=relay.local_port, cert_dir=cert_dir
-    )
-    try:
-        with loopback_resolution(config["DATASTORE_HOST"]):
-            yield MongoConnection(relay, env)
-    finally:
-        relay.close()
-    assert not relay.errors, relay.errors
+    with relayed_environment(
+        installed.cluster.api,
+        installed.namespace,
+        installed.release,
+        store="mongodb",
+        port=27017,
+        certificate_secret="mongodb-client-cert",
+        cert_dir=tmp_path_factory.mktemp("mongo-client"),
+    ) as (relay, env):
+        yield MongoConnection(relay, env)
 
 
 def test_services_authenticate_to_mongodb_with_x509_over_verified_tls(
