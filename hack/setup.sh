@@ -17,7 +17,8 @@ Installs, skipping what is already there:
   2. .venv: a Python virtual environment with nvsentinel-store installed
      editable and its pinned development dependencies (pyproject.toml)
   3. .bin/: helm, helm3, kube-apiserver, kube-controller-manager, kubectl,
-     etcd, kind and tilt, built from their Go modules (hack/build-tools.sh)
+     kube-scheduler, kubelet, kube-proxy, etcd, kind, tilt, coredns and
+     cert-manager-controller, built from their Go modules (hack/build-tools.sh)
 Needs: root (or sudo) for apt-get, python3 >= 3.11, go.
 USAGE
 }
