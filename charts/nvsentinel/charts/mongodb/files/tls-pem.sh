@@ -57,6 +57,10 @@ rotate() {
 
 watch() {
   local current
+  # As a container's PID 1 the shell ignores SIGTERM unless it traps it: without
+  # this, every pod stop would wait out its whole grace period. The sleep runs in
+  # the background so that the trap fires at once.
+  trap 'exit 0' TERM INT
   while true; do
     current="$(source_fingerprint)"
     if [[ "${current}" != "$(applied)" ]]; then
@@ -68,7 +72,8 @@ watch() {
         log "rotateCertificates failed (mongod starting?); will retry"
       fi
     fi
-    sleep "${INTERVAL}"
+    sleep "${INTERVAL}" &
+    wait $!
   done
 }
 

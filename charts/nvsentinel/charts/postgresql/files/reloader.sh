@@ -62,6 +62,10 @@ SQL
 
 watch() {
   local loaded_tls="" applied_password="" current
+  # As a container's PID 1 the shell ignores SIGTERM unless it traps it: without
+  # this, every pod stop would wait out its whole grace period. The sleep runs in
+  # the background so that the trap fires at once.
+  trap 'exit 0' TERM INT
   while true; do
     current="$(tls_fingerprint)"
     if [[ "${current}" != "${loaded_tls}" ]]; then
@@ -83,7 +87,8 @@ watch() {
         fi
       fi
     fi
-    sleep "${INTERVAL}"
+    sleep "${INTERVAL}" &
+    wait $!
   done
 }
 
