@@ -253,7 +253,8 @@ def e2e_cluster() -> Iterator[E2ECluster]:
         created = _create_kind_cluster(kind_name, kubeconfig)
     api = config.new_client_from_config(config_file=str(kubeconfig))
     cluster = E2ECluster(kubeconfig, api, kind_name)
-    if kind_name is not None:
+    # Only the PostgreSQL suite runs the store tools.
+    if kind_name is not None and "postgresql" in selected_datastores():
         _load_project_images(kind_name)
     try:
         yield cluster
