@@ -214,7 +214,7 @@ python_base() {
 	tar -C "${work}/rootfs" -xf "${base}"
 }
 
-# nvsentinel_store: the project's wheel and its pinned dependencies (binary
+# build_nvsentinel-store: the project's wheel and its pinned dependencies (binary
 # wheels for this machine's Python 3.11 and glibc, which Debian ${DEBIAN_SUITE}'s
 # python3 shares) installed where Debian's python3 looks, compiled by that python3
 # (the root filesystem is read-only in the chart's pods), the migrations beside.
