@@ -17,9 +17,11 @@ HELM_VERSION="v4.3.1"
 HELM3_VERSION="v3.22.0"
 KIND_VERSION="v0.30.0"
 COREDNS_VERSION="v1.14.7"
+# The newest v2 release the Go module proxy serves (later ones answer 403).
+KUBE_ROUTER_VERSION="v2.1.0"
 
 ALL_TOOLS=(helm helm3 kube-apiserver kube-controller-manager kubectl kube-scheduler kube-proxy kubelet etcd kind tilt coredns
-	cert-manager-controller)
+	cert-manager-controller kube-router)
 
 usage() {
 	cat <<EOF
@@ -44,6 +46,8 @@ Tools:
   coredns                  github.com/coredns/coredns ${COREDNS_VERSION} (DNS of hack/local-cluster.sh)
   cert-manager-controller  github.com/cert-manager/cert-manager $(wrapper_version cert-manager github.com/cert-manager/cert-manager) (hack/tools/cert-manager;
                            cmd/controller, the certificates of hack/local-cluster.sh)
+  kube-router              github.com/cloudnativelabs/kube-router/v2 ${KUBE_ROUTER_VERSION} (NetworkPolicies of
+                           hack/local-cluster.sh; its firewall only)
 
 Environment:
   NVSENTINEL_BIN_DIR       where binaries go (default: .bin/ in the checkout)
@@ -82,6 +86,7 @@ tool_version() {
 		tilt) wrapper_version tilt github.com/tilt-dev/tilt ;;
 		coredns) echo "${COREDNS_VERSION}" ;;
 		cert-manager-controller) wrapper_version cert-manager github.com/cert-manager/cert-manager ;;
+		kube-router) echo "${KUBE_ROUTER_VERSION}" ;;
 		*) return 1 ;;
 	esac
 }
@@ -198,6 +203,14 @@ build_cert_manager_controller() {
 	go_build_wrapper cert-manager "${out}/cert-manager-controller" "${ldflags}" github.com/cert-manager/cert-manager/cmd/controller
 }
 
+# kube-router: the version ldflags of its Makefile (Version is the git
+# describe there; the release tag here).
+build_kube_router() {
+	local out="$1" version="$2" ldflags pkg="github.com/cloudnativelabs/kube-router/v2/pkg/version"
+	ldflags="-s -w -X ${pkg}.Version=${version} -X ${pkg}.BuildDate=$(build_date)"
+	go_install_into "${out}" "${ldflags}" "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@${version}"
+}
+
 build_tilt() {
 	local out="$1" version="$2" ldflags src work
 	# tilt embeds its web UI from pkg/assets/build, but the module does not
@@ -238,6 +251,7 @@ build_into_cache() {
 		tilt) build_tilt "${tmp}" "${version}" ;;
 		coredns) build_coredns "${tmp}" "${version}" ;;
 		cert-manager-controller) build_cert_manager_controller "${tmp}" "${version}" ;;
+		kube-router) build_kube_router "${tmp}" "${version}" ;;
 	esac
 	[[ -x "${tmp}/${tool}" ]] || die "${tool} ${version}: the build produced no ${tool} binary"
 	rm -rf "${entry}"

@@ -3,8 +3,9 @@
 # the control plane of hack/control-plane.sh (etcd, kube-apiserver,
 # kube-controller-manager on 127.0.0.1), kube-scheduler, containerd with its
 # own root, state and socket, kubelet, kube-proxy (iptables) and a CNI bridge
-# with pod and service ranges of its own, CoreDNS, and cert-manager's
-# controller as a host process. Images are local builds (hack/build-images.sh)
+# with pod and service ranges of its own, CoreDNS, cert-manager's controller
+# and kube-router's network policy controller (NetworkPolicies enforced in
+# iptables) as host processes. Images are local builds (hack/build-images.sh)
 # imported into containerd.
 set -euo pipefail
 
@@ -25,7 +26,7 @@ CGROUP_ROOT="/nvsentinel-local"
 GUARD_METRIC="4242"
 MARKER=".nvsentinel-local-cluster"
 BRIDGE_GUARD_RULE=(-i "${BRIDGE}" ! -o "${BRIDGE}" -m comment --comment "nvsentinel-local: pod traffic stays on its bridge" -j DROP)
-COMPONENTS=(kube-scheduler containerd kubelet kube-proxy cert-manager)
+COMPONENTS=(kube-scheduler containerd kubelet kube-proxy kube-router cert-manager)
 PERSISTENT_VOLUMES=8
 # Port 9 (discard) on loopback: nothing listens there.
 NO_REGISTRY_PROXY="http://127.0.0.1:9"
@@ -34,9 +35,14 @@ NO_REGISTRY_PROXY="http://127.0.0.1:9"
 # Venafi signers, no ingress or gateway shims.
 CERT_MANAGER_CONTROLLERS="issuers,clusterissuers,certificaterequests-approver,certificaterequests-issuer-ca,certificaterequests-issuer-selfsigned,certificates-trigger,certificates-issuing,certificates-key-manager,certificates-request-manager,certificates-readiness,certificates-revision-manager,certificates-metrics"
 CERT_MANAGER_CHECK="nvsentinel-local-cert-manager-check"
-# Sysctls kubelet (and the CNI bridge) may set; down puts back what up found.
+# Sysctls kubelet (and the CNI bridge) may set, and the one up sets for
+# kube-router (bridged pod traffic through iptables); down puts back what up
+# found.
 SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
-	kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward)
+	kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward
+	net/bridge/bridge-nf-call-iptables)
+# Prefix of the ipsets kube-router makes; down destroys those up's run added.
+IPSET_PREFIX="KUBE-"
 # Machine-wide directories the runtime or kubelet write into whatever their
 # configuration says; down removes the entries up's run added.
 HOST_DIRS=(/run/containerd /run/netns /var/lib/cni /var/log/containers /var/log/pods
@@ -48,9 +54,10 @@ Usage: hack/local-cluster.sh up|down|kubeconfig|load-image IMAGE_TAR|--help
 
 A single-node Kubernetes 1.34 made of processes, for the e2e tier where no
 container engine exists. Needs root and the Debian packages containerd, runc,
-containernetworking-plugins, iptables, conntrack and debootstrap, and the
+containernetworking-plugins, iptables, conntrack, ipset and debootstrap, and the
 binaries of hack/build-tools.sh (etcd kube-apiserver kube-controller-manager
-kube-scheduler kubelet kube-proxy kubectl helm coredns cert-manager-controller).
+kube-scheduler kubelet kube-proxy kubectl helm coredns cert-manager-controller
+kube-router).
 
 Commands:
   up          start everything (or notice the running cluster), wait until
@@ -86,6 +93,14 @@ for SelfSigned and CA issuers only (no ACME, Vault or Venafi; any HTTP dial
 off the machine goes to a closed loopback proxy), metrics on 127.0.0.1, no
 leader election. Its webhook and cainjector do not run: nothing validates or
 defaults cert-manager objects beyond their CRDs' schemas.
+
+NetworkPolicies: kube-router (hack/build-tools.sh kube-router) runs as a host
+process with the admin kubeconfig, its network policy controller only (no
+routing, no service proxy, health and metrics servers off). Traffic between
+pods on the bridge passes iptables (up sets
+net.bridge.bridge-nf-call-iptables=1; down puts back the value it found);
+down removes kube-router's iptables chains and the ${IPSET_PREFIX}* ipsets up's run
+added.
 
 Images: hack/build-images.sh builds them; up imports them tagged with the
 references the chart renders, and says which are local stand-ins.
@@ -185,12 +200,14 @@ require_tools() {
 	local name
 	[[ "$(id -u)" == 0 ]] || die "needs root (containerd, kubelet, iptables, routes)"
 	for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm coredns \
-		cert-manager-controller; do
+		cert-manager-controller kube-router; do
 		[[ -x "${BIN_DIR}/${name}" ]] || die "${BIN_DIR}/${name} is missing; run hack/build-tools.sh"
 	done
-	for name in containerd containerd-shim-runc-v2 runc ctr iptables ip6tables conntrack ip openssl python3; do
-		command -v "${name}" >/dev/null || die "${name} is not installed (Debian: containerd runc iptables conntrack iproute2)"
+	for name in containerd containerd-shim-runc-v2 runc ctr iptables ip6tables conntrack ipset ip openssl python3; do
+		command -v "${name}" >/dev/null || die "${name} is not installed (Debian: containerd runc iptables conntrack ipset iproute2)"
 	done
+	[[ -w /proc/sys/net/bridge/bridge-nf-call-iptables ]] ||
+		die "no /proc/sys/net/bridge/bridge-nf-call-iptables (kernel module br_netfilter): NetworkPolicies could not be enforced"
 	for name in bridge host-local loopback; do
 		[[ -x "${CNI_BIN_DIR}/${name}" ]] || die "CNI plugin ${CNI_BIN_DIR}/${name} is missing (Debian: containernetworking-plugins)"
 	done
@@ -216,6 +233,7 @@ record_baseline() {
 	done >"${file}/paths"
 	iptables_chains iptables >"${file}/iptables-chains"
 	iptables_chains ip6tables >"${file}/ip6tables-chains"
+	ipset list -n >"${file}/ipsets"
 	touch "${file}/done"
 }
 
@@ -264,11 +282,17 @@ make_bridge() {
 	# packet (sent to the bridge's address) into one for another pod on the
 	# bridge, which the kernel must then forward. Forwarding is switched on for
 	# packets that arrive on this bridge only (net.ipv4.ip_forward stays as it
-	# is), and a FORWARD rule drops whatever from the bridge would leave
-	# through another interface.
+	# is), and a rule in the mangle table's FORWARD chain drops whatever from
+	# the bridge would leave through another interface. mangle comes before
+	# filter, where kube-proxy's and kube-router's chains ACCEPT (established
+	# or policy-compliant traffic) and kube-router keeps its jump first.
 	echo 1 >"/proc/sys/net/ipv4/conf/${BRIDGE}/forwarding"
-	iptables -w -C FORWARD "${BRIDGE_GUARD_RULE[@]}" 2>/dev/null ||
-		iptables -w -I FORWARD 1 "${BRIDGE_GUARD_RULE[@]}"
+	# Frames between two pods on the bridge go through iptables' FORWARD
+	# chain, where kube-router enforces NetworkPolicies (restore_sysctls puts
+	# the value found back).
+	echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables
+	iptables -w -t mangle -C FORWARD "${BRIDGE_GUARD_RULE[@]}" 2>/dev/null ||
+		iptables -w -t mangle -I FORWARD 1 "${BRIDGE_GUARD_RULE[@]}"
 }
 
 make_cgroup_root() {
@@ -550,6 +574,35 @@ conntrack:
 EOF
 	start kube-proxy "${BIN_DIR}/kube-proxy" --config="${STATE_DIR}/kube-proxy.yaml"
 	wait_until kube-proxy "healthy" curl --silent --fail "http://127.0.0.1:${PROXY_HEALTHZ_PORT}/healthz"
+}
+
+# kube_router_ready: its network policy controller has synced once (its
+# top-level chain is hooked into FORWARD and it logged a finished sync).
+kube_router_ready() {
+	iptables -w -t filter -S FORWARD | grep -q -- "-j KUBE-ROUTER-FORWARD" &&
+		grep -q "sync iptables took" "$(log_file kube-router)"
+}
+
+# start_kube_router: kube-router's network policy controller only (no BGP
+# routing, no IPVS service proxy: kube-proxy stays the proxy), with the admin
+# kubeconfig. Its health server would listen on every address and is off, as
+# are metrics and pprof.
+start_kube_router() {
+	start kube-router "${BIN_DIR}/kube-router" \
+		--kubeconfig="$(kubeconfig_path)" \
+		--hostname-override="${NODE_NAME}" \
+		--run-firewall=true \
+		--run-router=false \
+		--run-service-proxy=false \
+		--run-loadbalancer=false \
+		--enable-ipv4=true \
+		--enable-ipv6=false \
+		--service-cluster-ip-range="${SERVICE_CIDR}" \
+		--health-port=0 \
+		--metrics-port=0 \
+		--enable-pprof=false \
+		--v=2
+	wait_until kube-router "its first network policy sync" kube_router_ready
 }
 
 choose_ports() {
@@ -916,19 +969,25 @@ restore_sysctls() {
 # remove_chains CMD: delete chains of CMD's tables that up's run added, and
 # the rules of the other chains that jump to them.
 remove_chains() {
-	local cmd="$1" baseline="${STATE_DIR}/baseline/$1-chains" table chain rule new=()
+	local cmd="$1" baseline="${STATE_DIR}/baseline/$1-chains" table chain entry n rules=() new=()
 	[[ -f "${baseline}" ]] || return 0
 	while read -r table chain; do
 		grep -qxF "${table} ${chain}" "${baseline}" || new+=("${table} ${chain}")
 	done < <(iptables_chains "${cmd}")
 	((${#new[@]} > 0)) || return 0
-	for entry in "${new[@]}"; do
-		read -r table chain <<<"${entry}"
-		while read -r rule; do
-			# shellcheck disable=SC2086 # the rule is a list of arguments
-			"${cmd}" -w -t "${table}" ${rule/#-A/-D} 2>/dev/null || true
-		done < <("${cmd}" -w -t "${table}" -S 2>/dev/null | grep -E -- "^-A .* -j ${chain}( |$)" || true)
-	done
+	# Rules are deleted by number, last first: a rule as -S prints it may
+	# carry a quoted comment (kube-router's do), which does not survive word
+	# splitting. The new chains themselves are flushed below.
+	while read -r table chain; do
+		mapfile -t rules < <("${cmd}" -w -t "${table}" -S "${chain}" 2>/dev/null | tail -n +2)
+		for ((n = ${#rules[@]}; n >= 1; n--)); do
+			for entry in "${new[@]}"; do
+				[[ "${entry%% *}" == "${table}" && "${rules[n - 1]} " == *" -j ${entry#* } "* ]] || continue
+				"${cmd}" -w -t "${table}" -D "${chain}" "${n}" 2>/dev/null || true
+				break
+			done
+		done
+	done <"${baseline}"
 	for entry in "${new[@]}"; do
 		read -r table chain <<<"${entry}"
 		"${cmd}" -w -t "${table}" -F "${chain}" 2>/dev/null || true
@@ -939,10 +998,25 @@ remove_chains() {
 	done
 }
 
+# remove_ipsets: the ${IPSET_PREFIX}* sets up's run added (kube-router's), once no
+# iptables rule refers to them (remove_chains first).
+remove_ipsets() {
+	local baseline="${STATE_DIR}/baseline/ipsets" name
+	[[ -f "${baseline}" ]] && command -v ipset >/dev/null || return 0
+	while read -r name; do
+		[[ "${name}" == "${IPSET_PREFIX}"* || "${name}" == "inet6:${IPSET_PREFIX}"* ]] || continue
+		grep -qxF "${name}" "${baseline}" && continue
+		ipset destroy "${name}" 2>/dev/null || log "local-cluster: could not destroy ipset ${name}"
+	done < <(ipset list -n)
+}
+
 remove_network() {
-	local link
-	while iptables -w -C FORWARD "${BRIDGE_GUARD_RULE[@]}" 2>/dev/null; do
-		iptables -w -D FORWARD "${BRIDGE_GUARD_RULE[@]}"
+	local link table
+	# filter: where a cluster started by an older version of this script put it.
+	for table in mangle filter; do
+		while iptables -w -t "${table}" -C FORWARD "${BRIDGE_GUARD_RULE[@]}" 2>/dev/null; do
+			iptables -w -t "${table}" -D FORWARD "${BRIDGE_GUARD_RULE[@]}"
+		done
 	done
 	if [[ -f "${STATE_DIR}/bridge" ]] && ip link show "${BRIDGE}" >/dev/null 2>&1; then
 		for link in $(ip -o link show master "${BRIDGE}" | awk -F': ' '{ print $2 }' | cut -d@ -f1); do
@@ -964,6 +1038,7 @@ stop_everything() {
 	# Without a scheduler, the pods controllers make again stay Pending.
 	stop_component kube-scheduler
 	stop_component cert-manager
+	stop_component kube-router
 	remove_pods
 	stop_component kube-proxy
 	stop_component kubelet
@@ -974,6 +1049,7 @@ stop_everything() {
 		"${BIN_DIR}/kube-proxy" --cleanup >/dev/null 2>&1 || true
 		remove_chains iptables
 		remove_chains ip6tables
+		remove_ipsets
 	fi
 	unmount_under "${STATE_DIR}/"
 	remove_host_entries
@@ -1041,6 +1117,7 @@ cmd_up() {
 	step "kube-scheduler healthy" start_scheduler
 	step "node Ready" start_kubelet
 	step "kube-proxy healthy" start_kube_proxy
+	step "kube-router enforcing NetworkPolicies" start_kube_router
 	step "node labelled, storage made" prepare_node
 	step "CoreDNS rolled out" deploy_coredns
 	step "a pod resolved a Service name" check_dns

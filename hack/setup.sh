@@ -6,7 +6,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$REPO/.venv"
 APT_PACKAGES=(postgresql postgresql-client build-essential shellcheck openssl curl ca-certificates iproute2 procps
-  containerd runc containernetworking-plugins iptables conntrack debootstrap)
+  containerd runc containernetworking-plugins iptables conntrack ipset debootstrap)
 
 usage() {
   cat <<USAGE
