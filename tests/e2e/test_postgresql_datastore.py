@@ -3,7 +3,8 @@
 The test process reads the services' ConfigMap and the `postgresql-client-cert`
 Secret, and connects through a port-forward relay with `verify-full` against the
 host name the services dial. The seed's troubleshooting commands are run as an
-operator types them.
+operator types them, and its "check network policies" with probe pods: only
+datastore clients reach port 5432.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from kubernetes import client
 from nvsentinel_store.config import postgres_params
 from tests.e2e.conftest import STORE_TOOLS, Installed
 from tests.e2e.datastore_client import assert_change_stream_round_trip, open_store
+from tests.e2e.network_policy_probe import (
+    DATASTORE_CLIENT_LABEL,
+    PORT,
+    postgresql_targets,
+    probe,
+)
 from tests.e2e.postgresql_client import (  # the fixture `postgresql`
     PostgresConnection,
     postgresql_connection,  # noqa: F401
@@ -227,3 +234,45 @@ def test_store_tools_pod_reports_healthy_with_the_production_values(installed: I
     checks = {check["name"]: check for check in report["checks"]}
     assert "(sslmode verify-full)" in checks["tls"]["detail"], checks
     assert checks["connection"]["detail"].startswith("user nvsentinel "), checks
+
+
+def test_the_chart_renders_a_network_policy_for_postgresql(installed: Installed) -> None:
+    policies = {
+        policy.metadata.name: policy
+        for policy in client.NetworkingV1Api(installed.cluster.api)
+        .list_namespaced_network_policy(installed.namespace)
+        .items
+    }
+    policy = policies.get(f"{installed.release}-postgresql")
+    assert policy is not None, sorted(policies)
+    assert policy.spec.policy_types == ["Ingress"]
+    pod = client.CoreV1Api(installed.cluster.api).read_namespaced_pod(
+        f"{installed.release}-postgresql-0", installed.namespace
+    )
+    selector = policy.spec.pod_selector.match_labels
+    assert selector and all(pod.metadata.labels.get(k) == v for k, v in selector.items())
+    client_rule = policy.spec.ingress[0]
+    assert [(p.port, p.protocol) for p in client_rule.ports] == [(PORT, "TCP")]
+    peers = [peer.pod_selector.match_labels for peer in client_rule._from]
+    key, value = DATASTORE_CLIENT_LABEL
+    assert {key: value} in peers, peers
+
+
+def test_a_pod_without_the_datastore_client_label_cannot_reach_postgresql(
+    installed: Installed,
+) -> None:
+    targets = postgresql_targets(installed)
+    results = probe(installed, targets, {}, attempts=1)
+    assert all(result.startswith("closed") for result in results.values()), (
+        f"an unlabelled pod connected to PostgreSQL's port {PORT}: the NetworkPolicy is not "
+        f"enforced ({results})"
+    )
+    # Refused or timed out by the policy, not a name that did not resolve.
+    assert all("refused" in result or "timed out" in result for result in results.values()), results
+
+
+def test_a_datastore_client_pod_reaches_postgresql(installed: Installed) -> None:
+    targets = postgresql_targets(installed)
+    key, value = DATASTORE_CLIENT_LABEL
+    results = probe(installed, targets, {key: value}, attempts=10)
+    assert results == dict.fromkeys(targets, "open"), results
