@@ -52,7 +52,11 @@ from tests.fixtures.rollout import wait_for_rollout
 
 # Shared assertions live in helper modules: let pytest explain their failures too.
 pytest.register_assert_rewrite(
-    "tests.e2e.datastore_client", "tests.e2e.port_forward_relay", "tests.e2e.schema_checks"
+    "tests.e2e.datastore_client",
+    "tests.e2e.network_policy_probe",
+    "tests.e2e.port_forward_relay",
+    "tests.e2e.schema_checks",
+    "tests.e2e.store_tools",
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,11 +81,11 @@ CERT_MANAGER_CRDS = (
     "clusterissuers.cert-manager.io",
 )
 
-#: Images this repository builds (hack/build-images.sh) and loads into kind: the store
-#: tools' nvsentinel-store, which no registry publishes. The rest (postgres, mongo,
+#: The one image this repository builds (hack/build-images.sh) and loads into kind: the
+#: store tools' nvsentinel-store, which no registry publishes. The rest (postgres, mongo,
 #: NVSentinel's services) the kind nodes pull themselves. hack/local-cluster.sh
 #: imports its own builds.
-PROJECT_IMAGES = ("nvsentinel-store",)
+PROJECT_IMAGE = "nvsentinel-store"
 #: Turns on the store tools Deployment (the modules that use it set it in HELM_SET).
 STORE_TOOLS = "storeTools.enabled=true"
 
@@ -226,16 +230,15 @@ def store_tools_image() -> str:
     return str(container["image"])
 
 
-def _load_project_images(kind_name: str) -> None:
-    """Build the images this repository makes and load them into the kind nodes."""
+def _load_project_image(kind_name: str) -> None:
+    """Build the image this repository makes and load it into the kind nodes."""
     kind = _tool("kind")
     assert kind is not None
     STATE.mkdir(parents=True, exist_ok=True)
     refs = STATE / "image-refs"
-    refs.write_text(f"nvsentinel-store {store_tools_image()}\n")
-    built = run([str(REPO / "hack" / "build-images.sh"), "--refs-file", str(refs), *PROJECT_IMAGES])
-    for archive in built.split():
-        run([kind, "load", "image-archive", archive, "--name", kind_name], timeout=900)
+    refs.write_text(f"{PROJECT_IMAGE} {store_tools_image()}\n")
+    archive = run([str(REPO / "hack" / "build-images.sh"), "--refs-file", str(refs), PROJECT_IMAGE])
+    run([kind, "load", "image-archive", archive.strip(), "--name", kind_name], timeout=900)
 
 
 @pytest.fixture(scope="session")
@@ -255,7 +258,7 @@ def e2e_cluster() -> Iterator[E2ECluster]:
     cluster = E2ECluster(kubeconfig, api, kind_name)
     # Only the PostgreSQL suite runs the store tools.
     if kind_name is not None and "postgresql" in selected_datastores():
-        _load_project_images(kind_name)
+        _load_project_image(kind_name)
     try:
         yield cluster
     finally:
