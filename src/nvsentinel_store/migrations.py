@@ -6,13 +6,20 @@ The chart's schema Job applies the same files with
 ``charts/nvsentinel/files/postgresql/apply-migrations.sh`` (psql); both follow
 this protocol, so either can apply and the other reads the result:
 
-1. take ``pg_advisory_lock(hashtext('nvsentinel.schema_migrations'))`` (session
+1. take ``pg_advisory_lock(hashtext('nvsentinel_store_migrations'))`` (session
    lock: concurrent appliers run one after the other);
-2. create ``schema_migrations(version, name, checksum, applied_at)`` if missing;
-   ``name`` is the file name, ``checksum`` the sha256 hex of the file's bytes;
-3. refuse (before applying anything) when a recorded checksum differs from its
+2. refuse a database set up by a pre-release of this chart (its history table
+   ``schema_migrations`` lists ``0001_event_tables.sql``): its layout (text
+   ids, another change log) cannot be migrated in place;
+3. create ``nvsentinel_store_migrations(version, name, checksum, applied_at)``
+   if missing; ``name`` is the file name, ``checksum`` the sha256 hex of the
+   file's bytes. This is this project's history only: NVSentinel's own
+   ``nvsentinel_schema_migrations`` holds NVSentinel's versions (1-3, written
+   by migration 0001), so a future NVSentinel version 4 is never taken for
+   applied;
+4. refuse (before applying anything) when a recorded checksum differs from its
    file;
-4. for each file whose version is not recorded, in order: run it and insert its
+5. for each file whose version is not recorded, in order: run it and insert its
    row in one transaction; a file whose first line is
    ``-- nvsentinel:no-transaction`` runs statement by statement outside a
    transaction (for ``CREATE INDEX CONCURRENTLY``), then its row is inserted.
@@ -36,14 +43,32 @@ import psycopg
 
 from nvsentinel_store.errors import MigrationError
 
-LOCK_KEY: Final = "nvsentinel.schema_migrations"
+LOCK_KEY: Final = "nvsentinel_store_migrations"
+#: This project's migration history (NVSentinel's is nvsentinel_schema_migrations).
+HISTORY_TABLE: Final = "nvsentinel_store_migrations"
 NO_TRANSACTION_MARKER: Final = "-- nvsentinel:no-transaction"
 FILE_PATTERN: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 #: Overrides where the migration files are looked for.
 MIGRATIONS_DIR_ENV: Final = "NVSENTINEL_MIGRATIONS_DIR"
 
+#: A database set up by a pre-release of this chart, which recorded its
+#: migrations in schema_migrations under other file names.
+PRE_RELEASE_SQL: Final = """
+SELECT to_regclass('schema_migrations') IS NOT NULL
+   AND EXISTS (SELECT 1 FROM pg_attribute
+                WHERE attrelid = to_regclass('schema_migrations') AND attname = 'checksum')
+"""
+PRE_RELEASE_MESSAGE: Final = (
+    "this database was set up by a pre-release of the nvsentinel chart (its table "
+    "schema_migrations records 0001_event_tables.sql); that layout has text ids and "
+    "another change log and cannot be migrated in place: export its documents "
+    "(pg_dump --data-only -t health_events -t maintenance_events, or mongoexport from "
+    "the original MongoDB), create a new database and import them with "
+    "'nvsentinel-store migrate'"
+)
+
 CREATE_TABLE_SQL: Final = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
+CREATE TABLE IF NOT EXISTS nvsentinel_store_migrations (
     version integer PRIMARY KEY,
     name text NOT NULL,
     checksum text NOT NULL,
@@ -68,7 +93,7 @@ class Migration:
 
 @dataclass(frozen=True)
 class AppliedMigration:
-    """A row of ``schema_migrations``."""
+    """A row of ``nvsentinel_store_migrations``."""
 
     version: int
     name: str
@@ -161,11 +186,12 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
 
 
 def _recorded(conn: psycopg.Connection[tuple[object, ...]]) -> list[AppliedMigration]:
-    row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    row = conn.execute("SELECT to_regclass('nvsentinel_store_migrations') IS NOT NULL").fetchone()
     if row is None or not row[0]:
         return []
     rows = conn.execute(
-        "SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version"
+        "SELECT version, name, checksum, applied_at FROM nvsentinel_store_migrations "
+        "ORDER BY version"
     ).fetchall()
     result = []
     for version, name, checksum, applied_at in rows:
@@ -194,6 +220,7 @@ def status(
     """Applied, pending, changed and unknown migrations of the connected database."""
     migrations = load_migrations(directory)
     with conn.transaction():
+        refuse_pre_release(conn)
         return _compare(_recorded(conn), migrations)
 
 
@@ -212,6 +239,7 @@ def apply(
     migrations = load_migrations(directory)
     conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (LOCK_KEY,))
     try:
+        refuse_pre_release(conn)
         conn.execute(CREATE_TABLE_SQL)
         state = _compare(_recorded(conn), migrations)
         if state.mismatched:
@@ -228,9 +256,16 @@ def apply(
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (LOCK_KEY,))
 
 
+def refuse_pre_release(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Raise :class:`MigrationError` on a database of a pre-release layout."""
+    row = conn.execute(PRE_RELEASE_SQL).fetchone()
+    if row is not None and row[0]:
+        raise MigrationError(PRE_RELEASE_MESSAGE)
+
+
 def _record(conn: psycopg.Connection[tuple[object, ...]], migration: Migration) -> None:
     conn.execute(
-        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+        "INSERT INTO nvsentinel_store_migrations (version, name, checksum) VALUES (%s, %s, %s)",
         (migration.version, migration.name, migration.checksum),
     )
 

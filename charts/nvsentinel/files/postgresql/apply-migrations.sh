@@ -3,7 +3,8 @@
 set -euo pipefail
 
 MIGRATIONS_DIR="${MIGRATIONS_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/migrations}"
-LOCK_KEY="nvsentinel.schema_migrations"
+LOCK_KEY="nvsentinel_store_migrations"
+HISTORY_TABLE="nvsentinel_store_migrations"
 NO_TRANSACTION_MARKER="-- nvsentinel:no-transaction"
 PSQL="${PSQL:-psql}"
 
@@ -15,11 +16,15 @@ Applies (default) or lists the NVSentinel PostgreSQL schema migrations
 (NNNN_<name>.sql files in DIR, default: migrations/ next to this script), with
 the same protocol as 'nvsentinel-store schema apply':
   - serialised by pg_advisory_lock(hashtext('$LOCK_KEY'));
-  - recorded in schema_migrations(version, name, checksum, applied_at), created
-    if missing; name is the file name, checksum the sha256 of the file;
+  - a database set up by a pre-release of this chart (schema_migrations with a
+    checksum column) is refused: its layout cannot be migrated in place;
+  - recorded in $HISTORY_TABLE(version, name, checksum, applied_at), created
+    if missing; name is the file name, checksum the sha256 of the file.
+    NVSentinel's own nvsentinel_schema_migrations holds NVSentinel's versions,
+    written by migration 0001;
   - a recorded version is skipped; a recorded checksum that differs from the
     file is an error, checked for every file before anything is applied;
-  - each file runs in one transaction with its schema_migrations row, unless
+  - each file runs in one transaction with its history row, unless
     its first line is '$NO_TRANSACTION_MARKER'.
 
 'status' prints one line per migration: applied|pending|changed VERSION FILE,
@@ -75,7 +80,13 @@ apply_script() {
     cat <<EOF
 SET client_min_messages TO warning;
 SELECT pg_advisory_lock(hashtext('$LOCK_KEY')) \\gset lock_
-CREATE TABLE IF NOT EXISTS schema_migrations (
+SELECT to_regclass('schema_migrations') IS NOT NULL
+   AND EXISTS (SELECT 1 FROM pg_attribute
+                WHERE attrelid = to_regclass('schema_migrations') AND attname = 'checksum') AS pre_release \\gset
+\\if :pre_release
+DO \$m\$ BEGIN RAISE EXCEPTION 'this database was set up by a pre-release of the nvsentinel chart (its table schema_migrations records 0001_event_tables.sql); that layout has text ids and another change log and cannot be migrated in place: export its documents, create a new database and import them with nvsentinel-store migrate'; END \$m\$;
+\\endif
+CREATE TABLE IF NOT EXISTS $HISTORY_TABLE (
     version integer PRIMARY KEY,
     name text NOT NULL,
     checksum text NOT NULL,
@@ -85,16 +96,16 @@ EOF
     # First every checksum, then the applies: a changed file stops everything.
     while read -r version file checksum transactional; do
         cat <<EOF
-SELECT count(*) > 0 AS changed FROM schema_migrations
+SELECT count(*) > 0 AS changed FROM $HISTORY_TABLE
  WHERE version = $version AND checksum <> '$checksum' \\gset
 \\if :changed
-DO \$m\$ BEGIN RAISE EXCEPTION '$MIGRATIONS_DIR/$file: applied with checksum % but the file has %; migrations are forward-only: restore the file and add a new migration instead', (SELECT checksum FROM schema_migrations WHERE version = $version), '$checksum'; END \$m\$;
+DO \$m\$ BEGIN RAISE EXCEPTION '$MIGRATIONS_DIR/$file: applied with checksum % but the file has %; migrations are forward-only: restore the file and add a new migration instead', (SELECT checksum FROM $HISTORY_TABLE WHERE version = $version), '$checksum'; END \$m\$;
 \\endif
 EOF
     done <<<"$migrations"
     while read -r version file checksum transactional; do
         cat <<EOF
-SELECT count(*) > 0 AS applied FROM schema_migrations WHERE version = $version \\gset
+SELECT count(*) > 0 AS applied FROM $HISTORY_TABLE WHERE version = $version \\gset
 \\if :applied
 \\else
 \\echo 'applying $file'
@@ -104,7 +115,7 @@ EOF
         fi
         cat <<EOF
 \\i '$MIGRATIONS_DIR/$file'
-INSERT INTO schema_migrations (version, name, checksum) VALUES ($version, '$file', '$checksum');
+INSERT INTO $HISTORY_TABLE (version, name, checksum) VALUES ($version, '$file', '$checksum');
 EOF
         if [[ "$transactional" == 1 ]]; then
             echo "COMMIT;"
@@ -125,11 +136,11 @@ do_apply() {
 do_status() {
     local migrations recorded="" version file checksum transactional rc=0 rv rname found exists
     migrations="$(list_migrations)"
-    exists="$(run_psql -A -t -c "SELECT to_regclass('schema_migrations') IS NOT NULL")" \
+    exists="$(run_psql -A -t -c "SELECT to_regclass('$HISTORY_TABLE') IS NOT NULL")" \
         || die "cannot query the database (see the psql error above)"
     if [[ "$exists" == t ]]; then
         recorded="$(run_psql -A -t -F ' ' -c \
-            "SELECT version, name, checksum FROM schema_migrations ORDER BY version")"
+            "SELECT version, name, checksum FROM $HISTORY_TABLE ORDER BY version")"
     fi
     while read -r version file checksum transactional; do
         [[ -n "$version" ]] || continue

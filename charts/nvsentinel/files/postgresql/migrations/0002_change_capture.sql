@@ -1,61 +1,531 @@
--- 0002 change capture: datastore_changelog and the triggers that fill it.
+-- 0002 change capture: lossless change positions and typed extraction, on top of NVSentinel's schema.
 --
--- Transactional: new objects only.
+-- Transactional. Everything here is additive: columns NVSentinel's statements
+-- never name, triggers and functions of our own. NVSentinel's change log
+-- trigger log_table_changes (0001) stays the one writer of datastore_changelog.
 --
--- Every INSERT, UPDATE and DELETE of health_events and maintenance_events
--- adds one row per changed document to datastore_changelog, in the writing
--- transaction, with:
---   txid             the writing (top-level) transaction, pg_current_xact_id()
---   position_txid    txid, or the document's previous position_txid if that is
---                    higher (a transaction can get its id before it waits for
---                    the row lock of a transaction with a higher id); so a
---                    document's changes are in version order in the history
---   id               BIGSERIAL, the order of changes inside a transaction
---   operation        insert | update | replace | delete (a writer marks a
---                    whole-document replacement with
---                    SET LOCAL nvsentinel.change_operation = 'replace')
---   version          the document's version after the change (before, for a delete)
---   document         the document after the change (NULL for delete)
---   document_before  the document before the change (update, replace, delete)
---   changed_at       clock time of the change
--- updateDescription (updatedFields / removedFields) is computed by the reader
--- (nvsentinel_store.changestream) from document_before and document, so
--- writers pay nothing for it.
+-- Change positions. NVSentinel's watchers read datastore_changelog by
+-- (changed_at, id), which loses changes: changed_at is the transaction's start
+-- time and ids are drawn before commit, so a change that commits late appears
+-- behind a cursor that already passed it. This project's streams read by
+-- (position_txid, id) below the visibility horizon
+-- pg_snapshot_xmin(pg_current_snapshot()) instead (see
+-- src/nvsentinel_store/changestream.py for the argument):
+--   position_txid  the writing transaction's id, or the document's previous
+--                  position if that is higher, so that one document's changes
+--                  are in version order. The event tables carry it in
+--                  change_position_txid (set under the row lock by the
+--                  extraction trigger below); log_table_changes copies the row
+--                  into new_values/old_values, and the trigger
+--                  datastore_changelog_position takes it from there.
+--   version        per document: 1 on insert, +1 on every update.
+--   replaced       an UPDATE that replaced the whole document (a writer says so
+--                  with SET LOCAL nvsentinel.change_operation = 'replace').
 --
--- Readers page through the changelog with the cursor (position_txid, id) and
--- read only rows whose position_txid is below the visibility horizon
--- pg_snapshot_xmin(pg_current_snapshot()) of their own statement: every
--- transaction below it has ended, and a running transaction writes rows with
--- position_txid >= its own id >= the horizon, so no row can appear there later.
--- See src/nvsentinel_store/changestream.py for the argument.
+-- datastore_changelog accepts only rows written by a trigger: the services'
+-- role needs INSERT on it because log_table_changes runs as the writer, but it
+-- cannot forge a change by inserting one itself.
 --
--- The capture functions are SECURITY DEFINER (owned by the migration role), so
--- the application role needs no write access to the changelog: it can read it,
--- never forge or erase it.
+-- Every deletion from datastore_changelog (this project's pruning or
+-- NVSentinel's cleanup_changelog) raises the per-table pruned frontier
+-- datastore_changelog_pruned: a stream resuming below it has lost history and
+-- says so rather than skipping changes silently.
+--
+-- Typed extraction. The event tables get typed columns of our own for the
+-- queries this project serves (agent, is_fatal, ...), filled from the document
+-- by a BEFORE trigger. NVSentinel's own columns (node_name, node_quarantined,
+-- ...) are NVSentinel's to write: the trigger fills them from the document only
+-- on a document-only write, which NVSentinel's statements never are (they name
+-- node_name / event_id when they insert and set updated_at when they update):
+--   INSERT  health_events without node_name, maintenance_events without
+--           event_id: every typed column from the document.
+--   UPDATE  that changes only the document: every typed column from the new
+--           document, updated_at = now().
+-- Otherwise only our own columns follow the document, and only when the
+-- writer changed the document: a column-only UPDATE (SET status = ...) stays
+-- exactly as written.
+--
+-- Both key spellings are read everywhere: the lower-case one of the Go BSON
+-- driver (`nodename`) and the camelCase one of Go's JSON encoding (`nodeName`).
+-- Booleans are read plain (true) and in NVSentinel's wrapper form
+-- ({"value": true}). A value that cannot be read (an impossible date, a number
+-- out of range) leaves its column NULL and the document is stored as written.
 
-CREATE TABLE datastore_changelog (
-    id               bigserial PRIMARY KEY,
-    txid             xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    position_txid    xid8 NOT NULL,
-    collection       text NOT NULL,
-    operation        text NOT NULL CHECK (operation IN ('insert', 'update', 'replace', 'delete')),
-    document_id      text NOT NULL,
-    version          bigint NOT NULL,
-    document         jsonb,
-    document_before  jsonb,
-    changed_at       timestamptz NOT NULL DEFAULT clock_timestamp()
-);
+-- A scalar JSON value as text: strings unquoted, numbers and booleans as
+-- written; NULL for null, objects and arrays.
+CREATE FUNCTION nvsentinel_json_text(v jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN jsonb_typeof(v) IN ('string', 'number', 'boolean') THEN v #>> '{}' END
+$$;
 
-COMMENT ON TABLE datastore_changelog IS
-    'Change capture of the event tables; read in (position_txid, id) order below pg_snapshot_xmin(pg_current_snapshot())';
+-- A boolean from true, "true", {"value": true} (NVSentinel's wrapper); else NULL.
+CREATE FUNCTION nvsentinel_json_bool(v jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE
+        WHEN jsonb_typeof(v) = 'boolean' THEN (v #>> '{}')::boolean
+        WHEN jsonb_typeof(v) = 'string' AND lower(v #>> '{}') IN ('true', 'false')
+            THEN lower(v #>> '{}')::boolean
+        WHEN jsonb_typeof(v) = 'object' AND jsonb_typeof(v -> 'value') = 'boolean'
+            THEN (v ->> 'value')::boolean
+    END
+$$;
 
--- The readers' path: one collection, in cursor order.
-CREATE INDEX datastore_changelog_cursor_idx ON datastore_changelog (collection, position_txid, id);
+-- A JSON integer (or a string of digits) as integer; else NULL.
+CREATE FUNCTION nvsentinel_json_int(v jsonb)
+RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE
+        WHEN jsonb_typeof(v) IN ('number', 'string') AND (v #>> '{}') ~ '^-?[0-9]{1,9}$'
+            THEN (v #>> '{}')::integer
+    END
+$$;
+
+-- Seconds since the epoch as timestamptz, within years 1-9999; else NULL.
+CREATE FUNCTION nvsentinel_epoch_timestamptz(seconds numeric)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN seconds BETWEEN -62135596800 AND 253402300799
+                THEN to_timestamp(seconds::double precision) END
+$$;
+
+-- An RFC 3339 / ISO 8601 date-time string as timestamptz; NULL for anything
+-- PostgreSQL would refuse (the 30th of February, hour 25, year 0), checked
+-- before the cast so that a bad value never fails the write.
+CREATE FUNCTION nvsentinel_text_timestamptz(s text)
+RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT CASE
+        WHEN s !~ ('^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])'
+                   '([Tt ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,9})?)?)?'
+                   '\s*([Zz]|[+-](0\d|1[0-5])(:?[0-5]\d)?)?$')
+            OR left(s, 4) = '0000' THEN NULL
+        WHEN substr(s, 9, 2)::integer > extract(day FROM
+                 make_date(left(s, 4)::integer, substr(s, 6, 2)::integer, 1)
+                 + interval '1 month' - interval '1 day') THEN NULL
+        ELSE s::timestamptz
+    END
+$$;
+
+-- A timestamp from the shapes writers use: an RFC 3339 string, a protobuf
+-- Timestamp {seconds, nanos}, MongoDB extended JSON {"$date": string | ms |
+-- {"$numberLong": ms}}, or a number of seconds since the epoch; else NULL.
+CREATE FUNCTION nvsentinel_json_timestamptz(v jsonb)
+RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT CASE jsonb_typeof(v)
+        WHEN 'string' THEN nvsentinel_text_timestamptz(v #>> '{}')
+        WHEN 'number' THEN nvsentinel_epoch_timestamptz((v #>> '{}')::numeric)
+        WHEN 'object' THEN CASE
+            WHEN jsonb_typeof(v -> '$date') = 'string'
+                THEN nvsentinel_text_timestamptz(v ->> '$date')
+            WHEN coalesce(v -> '$date' ->> '$numberLong', v ->> '$date') ~ '^-?\d{1,16}$'
+                THEN nvsentinel_epoch_timestamptz(
+                    coalesce(v -> '$date' ->> '$numberLong', v ->> '$date')::numeric / 1000)
+            WHEN (v ->> 'seconds') ~ '^-?\d{1,12}$'
+                THEN nvsentinel_epoch_timestamptz((v ->> 'seconds')::numeric
+                     + CASE WHEN (v ->> 'nanos') ~ '^\d{1,9}$'
+                            THEN (v ->> 'nanos')::numeric / 1000000000 ELSE 0 END)
+        END
+    END
+$$;
+
+-- NVSentinel's RecommendedAction enum name (its recommended_action column)
+-- from the number its documents carry, or the name when given as text.
+CREATE FUNCTION nvsentinel_recommended_action_name(v jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE jsonb_typeof(v)
+        WHEN 'string' THEN left(v #>> '{}', 100)
+        WHEN 'number' THEN CASE v #>> '{}'
+            WHEN '0' THEN 'NONE' WHEN '2' THEN 'COMPONENT_RESET' WHEN '5' THEN 'CONTACT_SUPPORT'
+            WHEN '6' THEN 'RUN_FIELDDIAG' WHEN '15' THEN 'RESTART_VM' WHEN '24' THEN 'RESTART_BM'
+            WHEN '25' THEN 'REPLACE_VM' WHEN '26' THEN 'RUN_DCGMEUD' WHEN '27' THEN 'CUSTOM'
+            WHEN '39' THEN 'RESTART_APP' WHEN '99' THEN 'UNKNOWN'
+            ELSE v #>> '{}' END
+    END
+$$;
+
+-- The id column for a document's `_id`: the UUID itself when `_id` is one;
+-- otherwise (a MongoDB ObjectId, any other string) a UUID derived from its
+-- text form (md5), so that the same `_id` always lands on the same row. The
+-- document keeps its `_id` as written. NULL when the document has no `_id`.
+CREATE FUNCTION nvsentinel_document_uuid(v jsonb)
+RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE
+        WHEN t IS NULL THEN NULL
+        WHEN t ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$' THEN t::uuid
+        ELSE md5('nvsentinel:' || t)::uuid
+    END
+      FROM (SELECT CASE WHEN jsonb_typeof(v -> '$oid') = 'string' THEN v ->> '$oid'
+                        ELSE nvsentinel_json_text(v) END AS t) AS id
+$$;
+
+-- Our columns. version and change_position_txid start at 1 and 0 for rows
+-- that already exist (constant defaults: no table rewrite); new rows get
+-- theirs from the extraction trigger.
+ALTER TABLE health_events
+    ADD COLUMN version bigint NOT NULL DEFAULT 1,
+    ADD COLUMN change_position_txid xid8 NOT NULL DEFAULT '0',
+    ADD COLUMN agent text,
+    ADD COLUMN is_fatal boolean,
+    ADD COLUMN is_healthy boolean,
+    ADD COLUMN processing_strategy integer,
+    ADD COLUMN event_timestamp timestamptz;
+ALTER TABLE health_events ALTER COLUMN change_position_txid SET DEFAULT pg_current_xact_id();
+
+ALTER TABLE maintenance_events
+    ADD COLUMN version bigint NOT NULL DEFAULT 1,
+    ADD COLUMN change_position_txid xid8 NOT NULL DEFAULT '0',
+    ADD COLUMN resource_type text,
+    ADD COLUMN resource_id text,
+    ADD COLUMN maintenance_type text,
+    ADD COLUMN recommended_action text,
+    ADD COLUMN scheduled_end_time timestamptz,
+    ADD COLUMN actual_start_time timestamptz;
+ALTER TABLE maintenance_events ALTER COLUMN change_position_txid SET DEFAULT pg_current_xact_id();
+
+-- The fields of a health event document, one function per owner of the columns.
+CREATE FUNCTION health_events_our_fields(
+    d jsonb,
+    OUT agent text, OUT is_fatal boolean, OUT is_healthy boolean,
+    OUT processing_strategy integer, OUT event_timestamp timestamptz)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT nvsentinel_json_text(he -> 'agent'),
+           nvsentinel_json_bool(coalesce(he -> 'isfatal', he -> 'isFatal')),
+           nvsentinel_json_bool(coalesce(he -> 'ishealthy', he -> 'isHealthy')),
+           nvsentinel_json_int(coalesce(he -> 'processingstrategy', he -> 'processingStrategy')),
+           nvsentinel_json_timestamptz(coalesce(he -> 'generatedtimestamp', he -> 'generatedTimestamp'))
+      FROM (SELECT coalesce(d -> 'healthevent', d -> 'healthEvent') AS he) AS e
+$$;
+
+CREATE FUNCTION health_events_nvsentinel_fields(
+    d jsonb,
+    OUT node_name text, OUT event_type text, OUT severity text, OUT recommended_action text,
+    OUT node_quarantined text, OUT user_pods_eviction_status text,
+    OUT user_pods_eviction_message text, OUT fault_remediated boolean,
+    OUT last_remediation_timestamp timestamptz, OUT quarantine_finish_timestamp timestamptz,
+    OUT drain_finish_timestamp timestamptz, OUT created_at timestamptz)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT left(nvsentinel_json_text(coalesce(he -> 'nodename', he -> 'nodeName')), 255),
+           left(nvsentinel_json_text(coalesce(he -> 'checkname', he -> 'checkName')), 100),
+           left(nvsentinel_json_text(coalesce(he -> 'componentclass', he -> 'componentClass')), 50),
+           nvsentinel_recommended_action_name(coalesce(he -> 'recommendedaction', he -> 'recommendedAction')),
+           nullif(nvsentinel_json_text(coalesce(st -> 'nodequarantined', st -> 'nodeQuarantined')), ''),
+           nullif(nvsentinel_json_text(ev -> 'status'), ''),
+           nvsentinel_json_text(ev -> 'message'),
+           nvsentinel_json_bool(coalesce(st -> 'faultremediated', st -> 'faultRemediated')),
+           nvsentinel_json_timestamptz(coalesce(st -> 'lastremediationtimestamp', st -> 'lastRemediationTimestamp')),
+           nvsentinel_json_timestamptz(coalesce(st -> 'quarantinefinishtimestamp', st -> 'quarantineFinishTimestamp')),
+           nvsentinel_json_timestamptz(coalesce(st -> 'drainfinishtimestamp', st -> 'drainFinishTimestamp')),
+           nvsentinel_json_timestamptz(coalesce(d -> 'createdAt', d -> 'createdat'))
+      FROM (SELECT coalesce(d -> 'healthevent', d -> 'healthEvent') AS he,
+                   coalesce(d -> 'healtheventstatus', d -> 'healthEventStatus') AS st) AS e,
+           LATERAL (SELECT coalesce(e.st -> 'userpodsevictionstatus', e.st -> 'userPodsEvictionStatus') AS ev) AS v
+$$;
+
+CREATE FUNCTION maintenance_events_our_fields(
+    d jsonb,
+    OUT resource_type text, OUT resource_id text, OUT maintenance_type text,
+    OUT recommended_action text, OUT scheduled_end_time timestamptz, OUT actual_start_time timestamptz)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT nvsentinel_json_text(coalesce(d -> 'resourceType', d -> 'resourcetype')),
+           nvsentinel_json_text(coalesce(d -> 'resourceId', d -> 'resourceid')),
+           nvsentinel_json_text(coalesce(d -> 'maintenanceType', d -> 'maintenancetype')),
+           nvsentinel_json_text(coalesce(d -> 'recommendedAction', d -> 'recommendedaction')),
+           nvsentinel_json_timestamptz(coalesce(d -> 'scheduledEndTime', d -> 'scheduledendtime')),
+           nvsentinel_json_timestamptz(coalesce(d -> 'actualStartTime', d -> 'actualstarttime'))
+$$;
+
+CREATE FUNCTION maintenance_events_nvsentinel_fields(
+    d jsonb,
+    OUT event_id text, OUT csp text, OUT cluster_name text, OUT node_name text, OUT status text,
+    OUT csp_status text, OUT scheduled_start_time timestamptz, OUT actual_end_time timestamptz,
+    OUT event_received_timestamp timestamptz, OUT last_updated_timestamp timestamptz,
+    OUT created_at timestamptz)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT left(nvsentinel_json_text(coalesce(d -> 'eventId', d -> 'eventid')), 255),
+           left(nvsentinel_json_text(d -> 'csp'), 50),
+           left(nvsentinel_json_text(coalesce(d -> 'clusterName', d -> 'clustername')), 255),
+           left(nvsentinel_json_text(coalesce(d -> 'nodeName', d -> 'nodename')), 255),
+           left(nvsentinel_json_text(d -> 'status'), 50),
+           left(nvsentinel_json_text(coalesce(d -> 'cspStatus', d -> 'cspstatus')), 50),
+           nvsentinel_json_timestamptz(coalesce(d -> 'scheduledStartTime', d -> 'scheduledstarttime')),
+           nvsentinel_json_timestamptz(coalesce(d -> 'actualEndTime', d -> 'actualendtime')),
+           nvsentinel_json_timestamptz(coalesce(d -> 'eventReceivedTimestamp', d -> 'eventreceivedtimestamp')),
+           nvsentinel_json_timestamptz(coalesce(d -> 'lastUpdatedTimestamp', d -> 'lastupdatedtimestamp')),
+           nvsentinel_json_timestamptz(coalesce(d -> 'createdAt', d -> 'createdat'))
+$$;
+
+-- The id and change position of a written row; true when the caller should
+-- go on to extraction (the document is new or changed).
+CREATE FUNCTION nvsentinel_stamp_row(op text, new_id uuid, old_id uuid, old_version bigint,
+                                     old_position xid8, new_document jsonb, old_document jsonb,
+                                     OUT version bigint, OUT position_txid xid8, OUT extract_fields boolean)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF new_document IS NULL OR jsonb_typeof(new_document) <> 'object' THEN
+        RAISE EXCEPTION 'document must be a JSON object' USING ERRCODE = 'check_violation';
+    END IF;
+    IF op = 'UPDATE' THEN
+        IF new_id IS DISTINCT FROM old_id THEN
+            RAISE EXCEPTION 'the id of a document is immutable (was %)', old_id
+                USING ERRCODE = 'check_violation';
+        END IF;
+        version := old_version + 1;
+        position_txid := greatest(pg_current_xact_id(), old_position);
+        extract_fields := new_document IS DISTINCT FROM old_document;
+    ELSE
+        version := 1;
+        position_txid := pg_current_xact_id();
+        extract_fields := true;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION health_events_extract()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    stamp record;
+    ours record;
+    theirs record;
+    doc_id uuid;
+BEGIN
+    doc_id := nvsentinel_document_uuid(NEW.document -> '_id');
+    IF TG_OP = 'INSERT' THEN
+        -- A document with an `_id` decides its row's id (the column default
+        -- has already drawn one by now; NVSentinel's documents have no `_id`).
+        NEW.id := coalesce(doc_id, NEW.id, uuid_generate_v4());
+        SELECT * INTO stamp FROM nvsentinel_stamp_row(TG_OP, NEW.id, NULL, NULL, NULL, NEW.document, NULL);
+    ELSE
+        SELECT * INTO stamp FROM nvsentinel_stamp_row(TG_OP, NEW.id, OLD.id, OLD.version,
+                                                      OLD.change_position_txid, NEW.document, OLD.document);
+    END IF;
+    IF doc_id <> NEW.id THEN
+        RAISE EXCEPTION 'the _id of a document is immutable (row %, document _id %)',
+            NEW.id, NEW.document -> '_id' USING ERRCODE = 'check_violation';
+    END IF;
+    NEW.version := stamp.version;
+    NEW.change_position_txid := stamp.position_txid;
+    IF NOT stamp.extract_fields THEN
+        RETURN NEW;
+    END IF;
+
+    SELECT * INTO ours FROM health_events_our_fields(NEW.document);
+    NEW.agent := ours.agent;
+    NEW.is_fatal := ours.is_fatal;
+    NEW.is_healthy := ours.is_healthy;
+    NEW.processing_strategy := ours.processing_strategy;
+    NEW.event_timestamp := ours.event_timestamp;
+
+    IF (TG_OP = 'INSERT' AND NEW.node_name IS NOT NULL)
+       OR (TG_OP = 'UPDATE' AND (NEW.node_name, NEW.event_type, NEW.severity, NEW.recommended_action,
+                                 NEW.node_quarantined, NEW.user_pods_eviction_status,
+                                 NEW.user_pods_eviction_message, NEW.fault_remediated,
+                                 NEW.last_remediation_timestamp, NEW.quarantine_finish_timestamp,
+                                 NEW.drain_finish_timestamp, NEW.created_at, NEW.updated_at)
+               IS DISTINCT FROM (OLD.node_name, OLD.event_type, OLD.severity, OLD.recommended_action,
+                                 OLD.node_quarantined, OLD.user_pods_eviction_status,
+                                 OLD.user_pods_eviction_message, OLD.fault_remediated,
+                                 OLD.last_remediation_timestamp, OLD.quarantine_finish_timestamp,
+                                 OLD.drain_finish_timestamp, OLD.created_at, OLD.updated_at)) THEN
+        -- NVSentinel's own statement: its columns stay as it wrote them.
+        RETURN NEW;
+    END IF;
+
+    SELECT * INTO theirs FROM health_events_nvsentinel_fields(NEW.document);
+    NEW.node_name := coalesce(theirs.node_name, '');
+    NEW.event_type := theirs.event_type;
+    NEW.severity := theirs.severity;
+    NEW.recommended_action := theirs.recommended_action;
+    NEW.node_quarantined := theirs.node_quarantined;
+    NEW.user_pods_eviction_status := coalesce(theirs.user_pods_eviction_status, 'NotStarted');
+    NEW.user_pods_eviction_message := theirs.user_pods_eviction_message;
+    NEW.fault_remediated := theirs.fault_remediated;
+    NEW.last_remediation_timestamp := theirs.last_remediation_timestamp;
+    NEW.quarantine_finish_timestamp := theirs.quarantine_finish_timestamp;
+    NEW.drain_finish_timestamp := theirs.drain_finish_timestamp;
+    IF TG_OP = 'INSERT' THEN
+        NEW.created_at := coalesce(theirs.created_at, NEW.created_at, now());
+    ELSE
+        NEW.created_at := coalesce(theirs.created_at, OLD.created_at);
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION maintenance_events_extract()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    stamp record;
+    ours record;
+    theirs record;
+    doc_id uuid;
+BEGIN
+    doc_id := nvsentinel_document_uuid(NEW.document -> '_id');
+    IF TG_OP = 'INSERT' THEN
+        -- A document with an `_id` decides its row's id (the column default
+        -- has already drawn one by now; NVSentinel's documents have no `_id`).
+        NEW.id := coalesce(doc_id, NEW.id, uuid_generate_v4());
+        SELECT * INTO stamp FROM nvsentinel_stamp_row(TG_OP, NEW.id, NULL, NULL, NULL, NEW.document, NULL);
+    ELSE
+        SELECT * INTO stamp FROM nvsentinel_stamp_row(TG_OP, NEW.id, OLD.id, OLD.version,
+                                                      OLD.change_position_txid, NEW.document, OLD.document);
+    END IF;
+    IF doc_id <> NEW.id THEN
+        RAISE EXCEPTION 'the _id of a document is immutable (row %, document _id %)',
+            NEW.id, NEW.document -> '_id' USING ERRCODE = 'check_violation';
+    END IF;
+    NEW.version := stamp.version;
+    NEW.change_position_txid := stamp.position_txid;
+    IF NOT stamp.extract_fields THEN
+        RETURN NEW;
+    END IF;
+
+    SELECT * INTO ours FROM maintenance_events_our_fields(NEW.document);
+    NEW.resource_type := ours.resource_type;
+    NEW.resource_id := ours.resource_id;
+    NEW.maintenance_type := ours.maintenance_type;
+    NEW.recommended_action := ours.recommended_action;
+    NEW.scheduled_end_time := ours.scheduled_end_time;
+    NEW.actual_start_time := ours.actual_start_time;
+
+    IF (TG_OP = 'INSERT' AND NEW.event_id IS NOT NULL)
+       OR (TG_OP = 'UPDATE' AND (NEW.event_id, NEW.csp, NEW.cluster_name, NEW.node_name, NEW.status,
+                                 NEW.csp_status, NEW.scheduled_start_time, NEW.actual_end_time,
+                                 NEW.event_received_timestamp, NEW.last_updated_timestamp,
+                                 NEW.created_at, NEW.updated_at)
+               IS DISTINCT FROM (OLD.event_id, OLD.csp, OLD.cluster_name, OLD.node_name, OLD.status,
+                                 OLD.csp_status, OLD.scheduled_start_time, OLD.actual_end_time,
+                                 OLD.event_received_timestamp, OLD.last_updated_timestamp,
+                                 OLD.created_at, OLD.updated_at)) THEN
+        RETURN NEW;
+    END IF;
+
+    SELECT * INTO theirs FROM maintenance_events_nvsentinel_fields(NEW.document);
+    -- NOT NULL columns NVSentinel requires: a document without them is still
+    -- stored (event_id falls back to the row id, the others to '' or now()).
+    NEW.event_id := coalesce(theirs.event_id, NEW.id::text);
+    NEW.csp := coalesce(theirs.csp, '');
+    NEW.cluster_name := coalesce(theirs.cluster_name, '');
+    NEW.node_name := theirs.node_name;
+    NEW.status := coalesce(theirs.status, '');
+    NEW.csp_status := theirs.csp_status;
+    NEW.scheduled_start_time := theirs.scheduled_start_time;
+    NEW.actual_end_time := theirs.actual_end_time;
+    NEW.event_received_timestamp := coalesce(theirs.event_received_timestamp,
+        CASE WHEN TG_OP = 'UPDATE' THEN OLD.event_received_timestamp END, now());
+    NEW.last_updated_timestamp := coalesce(theirs.last_updated_timestamp, now());
+    IF TG_OP = 'INSERT' THEN
+        NEW.created_at := coalesce(theirs.created_at, NEW.created_at, now());
+    ELSE
+        NEW.created_at := coalesce(theirs.created_at, OLD.created_at);
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER health_events_extract
+    BEFORE INSERT OR UPDATE ON health_events
+    FOR EACH ROW EXECUTE FUNCTION health_events_extract();
+CREATE TRIGGER maintenance_events_extract
+    BEFORE INSERT OR UPDATE ON maintenance_events
+    FOR EACH ROW EXECUTE FUNCTION maintenance_events_extract();
+
+-- Rows that exist already (a database NVSentinel's own files set up): our
+-- columns from their documents, without a change record or a notification.
+ALTER TABLE health_events DISABLE TRIGGER USER;
+UPDATE health_events AS h
+   SET (agent, is_fatal, is_healthy, processing_strategy, event_timestamp)
+     = (SELECT f.agent, f.is_fatal, f.is_healthy, f.processing_strategy, f.event_timestamp
+          FROM health_events_our_fields(h.document) AS f);
+ALTER TABLE health_events ENABLE TRIGGER USER;
+ALTER TABLE maintenance_events DISABLE TRIGGER USER;
+UPDATE maintenance_events AS m
+   SET (resource_type, resource_id, maintenance_type, recommended_action, scheduled_end_time,
+        actual_start_time)
+     = (SELECT f.resource_type, f.resource_id, f.maintenance_type, f.recommended_action,
+               f.scheduled_end_time, f.actual_start_time
+          FROM maintenance_events_our_fields(m.document) AS f);
+ALTER TABLE maintenance_events ENABLE TRIGGER USER;
+
+-- Our indexes (NVSentinel's are in 0001).
+CREATE INDEX health_events_node_created_idx ON health_events (node_name, created_at DESC);
+CREATE INDEX health_events_event_timestamp_idx ON health_events (event_timestamp DESC);
+CREATE INDEX health_events_quarantine_created_idx ON health_events (node_quarantined, created_at DESC);
+CREATE INDEX health_events_eviction_created_idx ON health_events (user_pods_eviction_status, created_at DESC);
+CREATE INDEX health_events_agent_check_idx ON health_events (agent, event_type, created_at DESC);
+CREATE INDEX health_events_fatal_idx ON health_events (created_at DESC) WHERE is_fatal;
+CREATE INDEX health_events_unremediated_idx ON health_events (node_name, created_at DESC)
+    WHERE fault_remediated IS NOT TRUE;
+CREATE INDEX maintenance_events_status_scheduled_start_idx
+    ON maintenance_events (status, scheduled_start_time);
+CREATE INDEX maintenance_events_status_actual_end_idx
+    ON maintenance_events (status, actual_end_time);
+
+-- The change log's positions. Rows from before this migration get position 0:
+-- they predate every stream of this project.
+ALTER TABLE datastore_changelog
+    ADD COLUMN position_txid xid8 NOT NULL DEFAULT '0',
+    ADD COLUMN version bigint,
+    ADD COLUMN replaced boolean NOT NULL DEFAULT false;
+ALTER TABLE datastore_changelog ALTER COLUMN position_txid SET DEFAULT pg_current_xact_id();
+
+COMMENT ON COLUMN datastore_changelog.position_txid IS
+    'This project''s stream position (position_txid, id), read below pg_snapshot_xmin(pg_current_snapshot())';
+
+CREATE FUNCTION datastore_changelog_position()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    written jsonb := CASE WHEN NEW.operation = 'DELETE' THEN NEW.old_values ELSE NEW.new_values END;
+BEGIN
+    IF pg_trigger_depth() < 2 THEN
+        RAISE EXCEPTION 'datastore_changelog is written by the change triggers of the event tables only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    NEW.position_txid := greatest(pg_current_xact_id(),
+                                  coalesce((written ->> 'change_position_txid')::xid8, '0'));
+    NEW.version := (written ->> 'version')::bigint;
+    NEW.replaced := NEW.operation = 'UPDATE'
+        AND coalesce(current_setting('nvsentinel.change_operation', true), '') = 'replace';
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER datastore_changelog_position
+    BEFORE INSERT ON datastore_changelog
+    FOR EACH ROW EXECUTE FUNCTION datastore_changelog_position();
+
+-- The readers' path: one table, in cursor order.
+CREATE INDEX datastore_changelog_cursor_idx ON datastore_changelog (table_name, position_txid, id);
 -- Retention by age.
 CREATE INDEX datastore_changelog_changed_at_idx ON datastore_changelog (changed_at);
 
--- Per collection, the highest (position_txid, id) position deleted by
--- pruning: a resume position below it has lost history.
+-- Per table, the highest (position_txid, id) position deleted from the change
+-- log: a resume position below it has lost history.
 CREATE TABLE datastore_changelog_pruned (
     collection     text PRIMARY KEY,
     position_txid  xid8 NOT NULL,
@@ -63,79 +533,26 @@ CREATE TABLE datastore_changelog_pruned (
     pruned_at      timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE FUNCTION datastore_change_operation()
-RETURNS text
-LANGUAGE sql STABLE
-AS $$
-    SELECT CASE WHEN current_setting('nvsentinel.change_operation', true) = 'replace'
-                THEN 'replace' ELSE 'update' END
-$$;
-
-CREATE FUNCTION datastore_capture_insert()
+CREATE FUNCTION datastore_changelog_record_pruned()
 RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
 AS $$
 BEGIN
-    INSERT INTO public.datastore_changelog
-        (position_txid, collection, operation, document_id, version, document)
-    SELECT n.change_position_txid, TG_TABLE_NAME, 'insert', n.id, n.version, n.document
-      FROM new_rows AS n;
+    INSERT INTO public.datastore_changelog_pruned AS p (collection, position_txid, id)
+    SELECT DISTINCT ON (g.table_name) g.table_name, g.position_txid, g.id
+      FROM gone AS g
+     ORDER BY g.table_name, g.position_txid DESC, g.id DESC
+    ON CONFLICT ON CONSTRAINT datastore_changelog_pruned_pkey DO UPDATE
+       SET position_txid = excluded.position_txid, id = excluded.id, pruned_at = now()
+     WHERE (excluded.position_txid, excluded.id) > (p.position_txid, p.id);
     RETURN NULL;
 END
 $$;
 
-CREATE FUNCTION datastore_capture_update()
-RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
-AS $$
-BEGIN
-    INSERT INTO public.datastore_changelog
-        (position_txid, collection, operation, document_id, version, document, document_before)
-    SELECT n.change_position_txid, TG_TABLE_NAME, public.datastore_change_operation(),
-           n.id, n.version, n.document, o.document
-      FROM new_rows AS n
-      JOIN old_rows AS o ON o.id = n.id;
-    RETURN NULL;
-END
-$$;
+REVOKE ALL ON FUNCTION datastore_changelog_record_pruned() FROM PUBLIC;
 
-CREATE FUNCTION datastore_capture_delete()
-RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
-AS $$
-BEGIN
-    INSERT INTO public.datastore_changelog
-        (position_txid, collection, operation, document_id, version, document_before)
-    SELECT greatest(pg_current_xact_id(), o.change_position_txid), TG_TABLE_NAME, 'delete',
-           o.id, o.version, o.document
-      FROM old_rows AS o;
-    RETURN NULL;
-END
-$$;
+CREATE TRIGGER datastore_changelog_record_pruned
+    AFTER DELETE ON datastore_changelog REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION datastore_changelog_record_pruned();
 
-CREATE TRIGGER health_events_capture_insert
-    AFTER INSERT ON health_events REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION datastore_capture_insert();
-CREATE TRIGGER health_events_capture_update
-    AFTER UPDATE ON health_events REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION datastore_capture_update();
-CREATE TRIGGER health_events_capture_delete
-    AFTER DELETE ON health_events REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION datastore_capture_delete();
-
-CREATE TRIGGER maintenance_events_capture_insert
-    AFTER INSERT ON maintenance_events REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION datastore_capture_insert();
-CREATE TRIGGER maintenance_events_capture_update
-    AFTER UPDATE ON maintenance_events REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION datastore_capture_update();
-CREATE TRIGGER maintenance_events_capture_delete
-    AFTER DELETE ON maintenance_events REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION datastore_capture_delete();
-
-REVOKE ALL ON FUNCTION datastore_capture_insert() FROM PUBLIC;
-REVOKE ALL ON FUNCTION datastore_capture_update() FROM PUBLIC;
-REVOKE ALL ON FUNCTION datastore_capture_delete() FROM PUBLIC;
-
--- The application reads the changelog and the pruning frontier; it never writes them.
-GRANT SELECT ON datastore_changelog, datastore_changelog_pruned TO nvsentinel_app;
+GRANT SELECT ON datastore_changelog_pruned TO nvsentinel_app;

@@ -2,7 +2,7 @@
 --
 -- Transactional: a new table, functions, a policy, GRANTs for monitoring.
 --
--- Change positions (datastore_changelog.position_txid, resume_tokens,
+-- Change positions (datastore_changelog.position_txid, datastore_consumer_positions,
 -- datastore_changelog_pruned, the event tables' change_position_txid) are
 -- transaction ids (xid8) of the server that wrote them. pg_dump copies them as
 -- plain values; a server restored from the dump (a fresh initdb) has its own,
@@ -46,78 +46,63 @@ GRANT SELECT ON datastore_epoch TO nvsentinel_app;
 -- migration role (it owns the tables), before the services start.
 CREATE FUNCTION datastore_adopt_restore()
 RETURNS TABLE (adopted boolean, rebased_changes bigint, rebased_consumers bigint, epoch bigint)
-LANGUAGE plpgsql SET search_path = pg_catalog, public
+LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
-    here bigint;
-    p xid8;
-    base bigint;
-    n_changes bigint;
-    n_consumers bigint;
-    new_epoch bigint;
-    restored_age integer;
+    here pg_catalog.int8;
+    p pg_catalog.xid8;
+    n_changes pg_catalog.int8;
+    n_consumers pg_catalog.int8;
+    new_epoch pg_catalog.int8;
 BEGIN
-    SELECT s.system_identifier INTO here FROM pg_control_system() AS s;
+    SELECT s.system_identifier INTO here FROM pg_catalog.pg_control_system() AS s;
     PERFORM 1 FROM public.datastore_epoch AS e WHERE e.system_identifier = here;
     IF FOUND THEN
         -- Same server: its positions are already this server's transaction ids.
-        RETURN QUERY SELECT false, 0::bigint, 0::bigint, e.epoch FROM public.datastore_epoch AS e;
+        RETURN QUERY SELECT false, 0::pg_catalog.int8, 0::pg_catalog.int8, e.epoch FROM public.datastore_epoch AS e;
         RETURN;
     END IF;
     LOCK TABLE public.health_events, public.maintenance_events, public.datastore_changelog,
-               public.datastore_changelog_pruned, public.resume_tokens, public.datastore_epoch
+               public.datastore_changelog_pruned, public.datastore_consumer_positions,
+               public.datastore_epoch
         IN ACCESS EXCLUSIVE MODE;
     -- Every rebased position is this transaction's id: below every later
-    -- transaction's, and final once this one commits. The order inside it is
-    -- the change id, renumbered above every existing id: first the restored
-    -- changes in their old (position_txid, id) order, then those written on
-    -- this server since the restore (their positions are this server's ids and
-    -- cannot be compared with the restored ones). Restored rows are those
-    -- pg_restore wrote: not younger than the restored datastore_epoch row
-    -- (one transaction with --single-transaction, as documented).
-    p := pg_current_xact_id();
-    SELECT coalesce(max(l.id), 0) INTO base FROM public.datastore_changelog AS l;
-    SELECT age(e.xmin) INTO restored_age FROM public.datastore_epoch AS e;
+    -- transaction's, and final once this one commits. Change ids stay as they
+    -- are (NVSentinel's resume tokens name them), so the order inside the
+    -- restored history becomes id order. A consumer resumes just before the
+    -- first change it had not passed: never after a change it missed, at the
+    -- cost of seeing again the changes of transactions that committed out of
+    -- id order around its position.
+    p := pg_catalog.pg_current_xact_id();
 
-    CREATE TEMPORARY TABLE nvs_rebase ON COMMIT DROP AS
-    SELECT l.id AS old_id, l.position_txid AS old_txid, l.collection,
-           age(l.xmin) >= restored_age AS restored,
-           base + row_number() OVER (
-               ORDER BY age(l.xmin) >= restored_age DESC, l.position_txid, l.id) AS new_id
-      FROM public.datastore_changelog AS l;
-
-    -- Consumers first (they look up the old positions): the last restored change
-    -- at or before the token; before all of them when none is (at the pruned
-    -- frontier or past it: kept below the new frontier, so still history lost).
-    UPDATE public.resume_tokens AS t
-       SET position_txid = CASE WHEN m.lost THEN '0'::xid8 ELSE p END,
-           change_id = CASE WHEN m.lost THEN 0 ELSE coalesce(m.last_id, base) END
+    UPDATE public.datastore_consumer_positions AS t
+       SET position_txid = CASE WHEN m.lost THEN '0'::pg_catalog.xid8 ELSE p END,
+           change_id = CASE WHEN m.lost THEN 0 ELSE m.resume_after END
       FROM (
           SELECT t2.client_owner, t2.client_name, t2.collection,
-                 (SELECT max(r.new_id) FROM nvs_rebase AS r
-                   WHERE r.restored AND r.collection = t2.collection
-                     AND (r.old_txid, r.old_id) <= (t2.position_txid, t2.change_id)) AS last_id,
-                 coalesce((t2.position_txid, t2.change_id) < (f.position_txid, f.id), false)
-                     AS lost
-            FROM public.resume_tokens AS t2
+                 coalesce((SELECT pg_catalog.min(l.id) - 1 FROM public.datastore_changelog AS l
+                            WHERE l.table_name = t2.collection
+                              AND (l.position_txid, l.id) > (t2.position_txid, t2.change_id)),
+                          (SELECT coalesce(pg_catalog.max(l.id), 0) FROM public.datastore_changelog AS l))
+                     AS resume_after,
+                 coalesce((t2.position_txid, t2.change_id) < (f.position_txid, f.id), false) AS lost
+            FROM public.datastore_consumer_positions AS t2
             LEFT JOIN public.datastore_changelog_pruned AS f ON f.collection = t2.collection
       ) AS m
      WHERE (t.client_owner, t.client_name, t.collection)
          = (m.client_owner, m.client_name, m.collection);
     GET DIAGNOSTICS n_consumers = ROW_COUNT;
 
-    UPDATE public.datastore_changelog AS l
-       SET id = r.new_id, position_txid = p
-      FROM nvs_rebase AS r
-     WHERE l.id = r.old_id;
+    UPDATE public.datastore_changelog SET position_txid = p;
     GET DIAGNOSTICS n_changes = ROW_COUNT;
-    -- Each collection's retained changes start right after (p, base).
-    UPDATE public.datastore_changelog_pruned SET position_txid = p, id = base;
-    PERFORM setval(pg_get_serial_sequence('public.datastore_changelog', 'id'),
-                   greatest(base + n_changes, 1));
+    -- Each table's pruned frontier: just below its oldest retained change.
+    UPDATE public.datastore_changelog_pruned AS f
+       SET position_txid = p,
+           id = coalesce((SELECT pg_catalog.min(l.id) - 1 FROM public.datastore_changelog AS l
+                           WHERE l.table_name = f.collection), f.id);
 
     -- The next change of a restored document is positioned after p, not after
-    -- its old position. Plain column rewrite: no extraction, no capture.
+    -- its old position. Plain column rewrite: no extraction, no change record.
     ALTER TABLE public.health_events DISABLE TRIGGER USER;
     ALTER TABLE public.maintenance_events DISABLE TRIGGER USER;
     UPDATE public.health_events SET change_position_txid = p;
@@ -125,9 +110,9 @@ BEGIN
     ALTER TABLE public.health_events ENABLE TRIGGER USER;
     ALTER TABLE public.maintenance_events ENABLE TRIGGER USER;
 
-    new_epoch := 1 + floor(random() * 4503599627370495)::bigint;
+    new_epoch := 1 + pg_catalog.floor(pg_catalog.random() * 4503599627370495)::pg_catalog.int8;
     UPDATE public.datastore_epoch AS e
-       SET epoch = new_epoch, system_identifier = here, adopted_at = now();
+       SET epoch = new_epoch, system_identifier = here, adopted_at = pg_catalog.now();
     RETURN QUERY SELECT true, n_changes, n_consumers, new_epoch;
 END
 $$;
@@ -137,11 +122,11 @@ COMMENT ON FUNCTION datastore_adopt_restore() IS
 
 REVOKE ALL ON FUNCTION datastore_adopt_restore() FROM PUBLIC;
 
--- Backups: the backup role (a member of pg_read_all_data) dumps resume_tokens
--- too. pg_read_all_data does not bypass row level security, so pg_dump runs with
+-- Backups: the backup role (a member of pg_read_all_data) dumps
+-- datastore_consumer_positions too. pg_read_all_data does not bypass row level security, so pg_dump runs with
 -- --enable-row-security (the chart's backup.sh does) and this policy lets such
 -- readers see every row; they cannot change any.
-CREATE POLICY resume_tokens_read_all_data ON resume_tokens
+CREATE POLICY datastore_consumer_positions_read_all_data ON datastore_consumer_positions
     FOR SELECT TO pg_read_all_data
     USING (true);
 
@@ -151,14 +136,14 @@ CREATE POLICY resume_tokens_read_all_data ON resume_tokens
 CREATE FUNCTION datastore_changelog_stats()
 RETURNS TABLE (collection text, changes bigint, oldest_change_at timestamptz,
                held_back_changes bigint, oldest_held_back_at timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
 AS $$
     SELECT c.collection, count(l.id), min(l.changed_at),
            count(l.id) FILTER (WHERE l.position_txid >= pg_snapshot_xmin(pg_current_snapshot())),
            min(l.changed_at)
                FILTER (WHERE l.position_txid >= pg_snapshot_xmin(pg_current_snapshot()))
       FROM (VALUES ('health_events'), ('maintenance_events')) AS c (collection)
-      LEFT JOIN public.datastore_changelog AS l ON l.collection = c.collection
+      LEFT JOIN public.datastore_changelog AS l ON l.table_name = c.collection
      GROUP BY c.collection
      ORDER BY c.collection
 $$;
