@@ -3,15 +3,16 @@
 How a change gets to a consumer
 ===============================
 
-The capture triggers (migration 0002) add one ``datastore_changelog`` row per
-changed document inside the writing transaction, with the writing
-transaction's id ``txid = pg_current_xact_id()`` (``xid8``: 64 bits, never
-wraps), a ``BIGSERIAL`` ``id`` and ``position_txid``: ``txid``, raised to the
-previous ``position_txid`` of the same document when that is higher (see
-below). A stream keeps a cursor ``(position_txid, id)`` and polls::
+NVSentinel's change log trigger ``log_table_changes`` (migration 0001) adds one
+``datastore_changelog`` row per changed document inside the writing
+transaction, with a ``BIGSERIAL`` ``id``, the table name and the old and new
+rows as JSON. Migration 0002 adds ``position_txid`` to that row: the writing
+transaction's id ``pg_current_xact_id()`` (``xid8``: 64 bits, never wraps),
+raised to the previous ``position_txid`` of the same document when that is
+higher (see below). A stream keeps a cursor ``(position_txid, id)`` and polls::
 
     SELECT ... FROM datastore_changelog
-     WHERE collection = $c AND (position_txid, id) > $cursor
+     WHERE table_name = $c AND (position_txid, id) > $cursor
        AND position_txid < pg_snapshot_xmin(pg_current_snapshot())
      ORDER BY position_txid, id LIMIT $batch
 
@@ -69,10 +70,12 @@ An event's ``_id`` is its position and the store's epoch
 ``{"_data": hex(position_txid) + hex(id) + hex(epoch)}`` (48 lower-case hex
 digits, 16 each; tokens of one epoch order like positions). ``resume_token`` is the
 position after the last event returned (or past the changes filtered out). A
-consumer stores it under its ``client_name`` in ``resume_tokens``;
+consumer stores it under its ``client_name`` in ``datastore_consumer_positions``
+(NVSentinel's ``resume_tokens`` belongs to NVSentinel's own watchers);
 ``datastore_changelog_prune`` deletes only changes at or below every live
 consumer's position and records, per collection, the highest position it
-deleted (``datastore_changelog_pruned``). A stream whose position is below that
+deleted (``datastore_changelog_pruned``, raised by every deletion, NVSentinel's
+``cleanup_changelog`` included). A stream whose position is below that
 frontier raises :class:`~nvsentinel_store.errors.HistoryLostError` -- at open
 and at every poll (the frontier is read in the same snapshot as the rows) --
 and never skips ahead on its own. ``from_beginning`` starts at the frontier.
@@ -94,9 +97,9 @@ token handed out before the restore is refused, never misread.
 Wake-up: adaptive polling
 =========================
 
-No ``pg_notify`` in the write path (a notifying transaction serialises on a
-cluster-wide lock at commit). A stream polls again at once while polls return
-rows; after an empty poll it sleeps ``min_poll_interval``, doubling up to
+The streams never rely on NVSentinel's ``pg_notify`` (which an operator may
+turn off: ``nvsentinel.notify_changes = off``). A stream polls again at once
+while polls return rows; after an empty poll it sleeps ``min_poll_interval``, doubling up to
 ``poll_interval``. Writes made through the same :class:`Wakeup` (the same
 store object) wake its streams at once. Polling stays the correctness
 mechanism either way.
@@ -302,14 +305,26 @@ SELECT h.horizon::text, h.pruned_txid::text, h.pruned_id,
        c.document_before, c.changed_at
   FROM h
   LEFT JOIN LATERAL (
-      SELECT id, position_txid, operation, document_id, version, document, document_before,
-             changed_at
-        FROM datastore_changelog
-       WHERE collection = %(coll)s
-         AND (position_txid, id) > (%(txid)s::xid8, %(cid)s::bigint)
-         AND position_txid < h.horizon
-         AND {pushdown}
-       ORDER BY position_txid, id
+      SELECT *
+        FROM (SELECT l.id, l.position_txid,
+                     CASE l.operation WHEN 'INSERT' THEN 'insert' WHEN 'DELETE' THEN 'delete'
+                          WHEN 'UPDATE' THEN CASE WHEN l.replaced THEN 'replace' ELSE 'update' END
+                     END AS operation,
+                     coalesce(nvsentinel_json_text(
+                                  coalesce(l.new_values, l.old_values) -> 'document' -> '_id'),
+                              l.record_id::text) AS document_id,
+                     coalesce(l.version, 0) AS version,
+                     jsonb_build_object('_id', l.record_id::text) || (l.new_values -> 'document')
+                         AS document,
+                     jsonb_build_object('_id', l.record_id::text) || (l.old_values -> 'document')
+                         AS document_before,
+                     l.changed_at
+                FROM datastore_changelog AS l
+               WHERE l.table_name = %(coll)s
+                 AND (l.position_txid, l.id) > (%(txid)s::xid8, %(cid)s::bigint)
+                 AND l.position_txid < h.horizon) AS c
+       WHERE {pushdown}
+       ORDER BY c.position_txid, c.id
        LIMIT %(limit)s
   ) AS c ON true
 """
@@ -322,7 +337,7 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text,
 """
 
 _SAVE_SQL: Final = """
-INSERT INTO resume_tokens (client_name, collection, position_txid, change_id)
+INSERT INTO datastore_consumer_positions (client_name, collection, position_txid, change_id)
 VALUES (%(name)s, %(coll)s, %(txid)s::xid8, %(cid)s)
 ON CONFLICT (client_owner, client_name, collection) DO UPDATE
    SET position_txid = excluded.position_txid, change_id = excluded.change_id,
@@ -330,7 +345,7 @@ ON CONFLICT (client_owner, client_name, collection) DO UPDATE
 """
 
 _LOAD_SQL: Final = """
-SELECT position_txid::text, change_id, expired_at FROM resume_tokens
+SELECT position_txid::text, change_id, expired_at FROM datastore_consumer_positions
  WHERE client_owner = current_user AND client_name = %(name)s AND collection = %(coll)s
 """
 
@@ -356,7 +371,7 @@ def save_token(
 
 def delete_token(conn: psycopg.Connection[Any], client_name: str, collection: str) -> bool:
     cur = conn.execute(
-        "DELETE FROM resume_tokens WHERE client_owner = current_user "
+        "DELETE FROM datastore_consumer_positions WHERE client_owner = current_user "
         "AND client_name = %s AND collection = %s",
         (client_name, collection),
     )

@@ -31,15 +31,18 @@ from nvsentinel_store import migrations
 from nvsentinel_store.errors import MigrationError, StoreError
 
 #: Triggers the migrations create: table -> trigger names.
+#: The event tables, whose names are also the change streams' collections.
+EVENT_TABLES: Final = ("health_events", "maintenance_events")
+
 EXPECTED_TRIGGERS: Final[dict[str, tuple[str, ...]]] = {
-    table: (
-        f"{table}_extract",
-        f"{table}_capture_insert",
-        f"{table}_capture_update",
-        f"{table}_capture_delete",
-    )
-    for table in ("health_events", "maintenance_events")
+    # NVSentinel's change log trigger (0001) and our extraction (0002).
+    **{table: (f"{table}_changes", f"{table}_extract") for table in EVENT_TABLES},
+    # Our change positions and pruned frontier (0002).
+    "datastore_changelog": ("datastore_changelog_position", "datastore_changelog_record_pruned"),
 }
+
+#: The version of NVSentinel's schema its store-client waits for.
+NVSENTINEL_SCHEMA_VERSION: Final = 3
 
 
 #: Changes held back by a running transaction longer than this make the datastore unhealthy.
@@ -127,7 +130,7 @@ def check(
         # No migration files here (an installed client): report what the database says.
         _schema_without_files(conn, report, str(err))
     except (psycopg.Error, StoreError) as err:
-        report.add("schema", False, f"cannot read schema_migrations: {err}")
+        report.add("schema", False, f"cannot read nvsentinel_store_migrations: {err}")
     else:
         detail = f"version {state.version}"
         if state.pending:
@@ -139,6 +142,7 @@ def check(
         if state.unknown:
             detail += f", newer than this client: {', '.join(a.name for a in state.unknown)}"
         report.add("schema", state.current, detail)
+    _nvsentinel_schema(conn, report)
 
     rows = conn.execute(
         "SELECT c.relname, t.tgname, t.tgenabled FROM pg_trigger AS t "
@@ -187,9 +191,9 @@ def check(
         )
         held = conn.execute(
             "SELECT count(*), min(changed_at), now() - min(changed_at) FROM datastore_changelog "
-            "WHERE collection = ANY(%s) "
+            "WHERE table_name = ANY(%s) "
             "AND position_txid >= pg_snapshot_xmin(pg_current_snapshot())",
-            (list(EXPECTED_TRIGGERS),),
+            (list(EVENT_TABLES),),
         ).fetchone()
         assert held is not None
         if held[0]:
@@ -224,6 +228,28 @@ def check(
     except psycopg.Error as err:
         report.add("changelog", False, f"cannot read: {str(err).strip().splitlines()[0]}")
     return report
+
+
+def _nvsentinel_schema(conn: psycopg.Connection[Any], report: HealthReport) -> None:
+    """NVSentinel's own schema version: its services start only at version 3 or later."""
+    try:
+        row = conn.execute(
+            "SELECT coalesce(max(version), 0) FROM nvsentinel_schema_migrations"
+        ).fetchone()
+    except psycopg.Error as err:
+        report.add(
+            "nvsentinel-schema",
+            False,
+            f"cannot read nvsentinel_schema_migrations: {str(err).strip().splitlines()[0]}",
+        )
+        return
+    assert row is not None
+    version = int(row[0])
+    report.add(
+        "nvsentinel-schema",
+        version >= NVSENTINEL_SCHEMA_VERSION,
+        f"version {version} (NVSentinel's services wait for {NVSENTINEL_SCHEMA_VERSION})",
+    )
 
 
 def _epoch(conn: psycopg.Connection[Any], report: HealthReport) -> None:
@@ -290,9 +316,11 @@ def render_table(report: HealthReport) -> str:
 
 def _schema_without_files(conn: psycopg.Connection[Any], report: HealthReport, why: str) -> None:
     try:
-        row = conn.execute("SELECT max(version), count(*) FROM schema_migrations").fetchone()
+        row = conn.execute(
+            "SELECT max(version), count(*) FROM nvsentinel_store_migrations"
+        ).fetchone()
     except psycopg.Error as err:
-        report.add("schema", False, f"cannot read schema_migrations: {err}")
+        report.add("schema", False, f"cannot read nvsentinel_store_migrations: {err}")
         return
     assert row is not None
     if not row[1]:

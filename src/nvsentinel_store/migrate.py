@@ -7,6 +7,15 @@ copied (``COPY``) into a temporary staging table and moved with
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, so the documents keep their
 ``_id`` and a second run adds nothing.
 
+Ids: NVSentinel's tables key rows by a UUID ``id``. A document keeps its
+``_id`` exactly as converted below (an ObjectId as its 24-digit hex string);
+the row's ``id`` is that ``_id`` when it is a UUID and otherwise the UUID
+``md5('nvsentinel:' || _id)`` (the extraction trigger's
+``nvsentinel_document_uuid``), so a second run lands on the same rows.
+NVSentinel's services address rows by that UUID (``WHERE id = $1::uuid``) and
+receive it as ``id`` in their change events; this project's store reads the
+document's ``_id``.
+
 Conversion to the JSON the PostgreSQL store keeps (extended JSON is parsed
 with :mod:`bson.json_util`):
 
@@ -34,8 +43,8 @@ of the batch still goes in.
 Change events: by default the import does NOT produce change events. Imported
 documents are history, and consumers that watch ``health_events`` (quarantine,
 drain, remediation) must not act on them as if they had just happened. Each
-batch runs in one transaction that disables the table's insert capture trigger
-(``ALTER TABLE ... DISABLE TRIGGER <table>_capture_insert``), inserts, and
+batch runs in one transaction that disables the table's change log trigger
+(``ALTER TABLE ... DISABLE TRIGGER <table>_changes``, NVSentinel's), inserts, and
 enables it again. The trigger's state is transactional and the statement holds
 a SHARE ROW EXCLUSIVE lock until commit, so concurrent writers of the table
 wait for the batch (well under a second) and are captured as usual; no writer
@@ -92,8 +101,15 @@ DEFAULT_BATCH_SIZE: Final = 5000
 DEFAULT_SAMPLE_SIZE: Final = 100
 #: File name endings read from a directory.
 FILE_SUFFIXES: Final = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
-#: The insert capture trigger of each event table (migration 0002).
-CAPTURE_INSERT_TRIGGER: Final = {name: f"{name}_capture_insert" for name in COLLECTIONS}
+#: The change log trigger of each event table (NVSentinel's log_table_changes, migration 0001).
+CAPTURE_INSERT_TRIGGER: Final = {name: f"{name}_changes" for name in COLLECTIONS}
+#: A stored document's ``_id`` as text, the form ``check_document`` returns.
+_ID_TEXT: Final = "document ->> '_id'"
+#: Rows whose documents have one of the ``_id`` texts of a ``text[]`` parameter
+#: (the row id is derived from the ``_id`` as the extraction trigger does).
+_IDS_MATCH: Final = (
+    "id IN (SELECT nvsentinel_document_uuid(to_jsonb(t)) FROM unnest(%s::text[]) AS t)"
+)
 
 #: Extended JSON as mongoexport writes it; datetimes in UTC, UUIDs as uuid.UUID,
 #: dates beyond Python's range kept as DatetimeMS (and then rejected).
@@ -848,7 +864,7 @@ class _Importer:
                         sql.SQL(
                             "INSERT INTO {} (document) SELECT document "
                             "FROM nvsentinel_migrate_staging ORDER BY seq "
-                            "ON CONFLICT DO NOTHING RETURNING id"
+                            "ON CONFLICT DO NOTHING RETURNING " + _ID_TEXT
                         ).format(self.table)
                     )
                     inserted = {str(r[0]) for r in cur.fetchall()}
@@ -865,7 +881,8 @@ class _Importer:
         inserted: set[str] = set()
         refused: list[tuple[_Pending, str]] = []
         query = sql.SQL(
-            "INSERT INTO {} (document) VALUES (%s::jsonb) ON CONFLICT DO NOTHING RETURNING id"
+            "INSERT INTO {} (document) VALUES (%s::jsonb) ON CONFLICT DO NOTHING RETURNING "
+            + _ID_TEXT
         ).format(self.table)
         with self.conn.transaction():
             self._capture(False)
@@ -896,7 +913,8 @@ class _Importer:
         if not ids:
             return set()
         rows = self.conn.execute(
-            sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(self.table), (list(ids),)
+            sql.SQL("SELECT " + _ID_TEXT + " FROM {} WHERE " + _IDS_MATCH).format(self.table),
+            (list(ids),),
         ).fetchall()
         self.conn.commit()
         return {str(r[0]) for r in rows}
@@ -906,7 +924,7 @@ class _Importer:
         if not event_ids or self.collection != "maintenance_events":
             return {}
         rows = self.conn.execute(
-            "SELECT event_id, id FROM maintenance_events WHERE event_id = ANY(%s)",
+            "SELECT event_id, " + _ID_TEXT + " FROM maintenance_events WHERE event_id = ANY(%s)",
             (list(event_ids),),
         ).fetchall()
         self.conn.commit()
@@ -1227,7 +1245,7 @@ def _verify(
     for start in range(0, len(id_list), 10_000):
         chunk = id_list[start : start + 10_000]
         rows = conn.execute(
-            sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(table), (chunk,)
+            sql.SQL("SELECT " + _ID_TEXT + " FROM {} WHERE " + _IDS_MATCH).format(table), (chunk,)
         ).fetchall()
         held = {str(r[0]) for r in rows}
         found += len(held)
@@ -1237,7 +1255,7 @@ def _verify(
     sample_ids = [doc_id for doc_id, _ in sampler.items]
     if sample_ids:
         rows = conn.execute(
-            sql.SQL("SELECT id, document FROM {} WHERE id = ANY(%s)").format(table),
+            sql.SQL("SELECT " + _ID_TEXT + ", document FROM {} WHERE " + _IDS_MATCH).format(table),
             (sample_ids,),
         ).fetchall()
         stored = {str(r[0]): r[1] for r in rows}

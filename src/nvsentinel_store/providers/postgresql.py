@@ -1,9 +1,12 @@
 """The PostgreSQL provider: the collection API on psycopg 3 and psycopg_pool.
 
 Each collection is an event table (``health_events``, ``maintenance_events``)
-holding the document in ``document`` (JSONB); the database's trigger fills the
-typed columns, the id and the version, and records the change for change
-streams (see ``charts/nvsentinel/files/postgresql/migrations``).
+of NVSentinel's schema, holding the document in ``document`` (JSONB); the
+database's triggers fill the typed columns, the id (a UUID: the document's
+``_id`` when that is one, else derived from it) and the version, and record the
+change for change streams (see ``charts/nvsentinel/files/postgresql/migrations``).
+Documents NVSentinel's services wrote have no ``_id``; they are read with the
+row's id as their ``_id``.
 
 Filters are translated to SQL by
 :mod:`nvsentinel_store.providers.postgresql_query` (typed columns where they
@@ -44,7 +47,7 @@ from nvsentinel_store.changestream import (
 )
 from nvsentinel_store.config import Settings, postgres_conninfo
 from nvsentinel_store.errors import DuplicateKeyError, QueryError, StoreUnavailableError
-from nvsentinel_store.providers.postgresql_query import TABLE_COLUMNS, TableTarget
+from nvsentinel_store.providers.postgresql_query import TABLE_COLUMNS, TableTarget, row_id
 from nvsentinel_store.query import apply_update, json_equal, parse_filter, to_json_value
 from nvsentinel_store.store import (
     COLLECTIONS,
@@ -60,6 +63,8 @@ from nvsentinel_store.store import (
 )
 
 T = TypeVar("T")
+#: A row's document with the row id as ``_id`` when the document has none.
+DOCUMENT_WITH_ID: Final = sql.SQL("jsonb_build_object('_id', id::text) || document")
 Conn = psycopg.Connection[TupleRow]
 
 _RETRYABLE: Final = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
@@ -253,7 +258,7 @@ class PostgresCollection:
                     else f"{self._name}: {_first_line(err)}"
                 ) from err
             assert row is not None
-            return str(row[0])
+            return str(doc["_id"])
 
         inserted = self._store.run(action, f"insert into {self._name}")
         self._store.notify(self._name)
@@ -261,15 +266,15 @@ class PostgresCollection:
 
     def _same_stored(self, conn: Conn, doc: dict[str, Any]) -> bool:
         row = conn.execute(
-            sql.SQL("SELECT document FROM {} WHERE id = %s").format(self._table), (str(doc["_id"]),)
+            sql.SQL("SELECT document FROM {} WHERE id = {}").format(self._table, row_id(doc["_id"]))
         ).fetchone()
         return row is not None and json_equal(row[0], doc)
 
     def _select(self, filter: Filter | None, sort: SortSpec | None, limit: int) -> sql.Composed:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise QueryError(f"limit must be a non-negative integer, got {limit!r}")
-        query = sql.SQL("SELECT document FROM {} WHERE {}").format(
-            self._table, self._target.where(parse_filter(filter))
+        query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            DOCUMENT_WITH_ID, self._table, self._target.where(parse_filter(filter))
         )
         order = self._target.order_by(sort)
         if order is not None:

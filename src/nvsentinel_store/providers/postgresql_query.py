@@ -52,45 +52,46 @@ class Column:
     empty_is_null: bool = False
     #: Never NULL: sorting needs no NULLS clause, so it matches the indexes' order.
     not_null: bool = False
+    #: NVSentinel's VARCHAR(n): the trigger keeps the first n characters, so a
+    #: longer value is looked up in the document.
+    max_length: int | None = None
 
 
 HEALTH_EVENT_COLUMNS: Final[Mapping[str, Column]] = {
-    "healthevent.nodename": Column("node_name", "text"),
+    # NVSentinel's columns, where they always hold the document's value.
+    "healthevent.nodename": Column("node_name", "text", empty_is_null=True, max_length=255),
+    "createdat": Column("created_at", "timestamptz", not_null=True),
+    # Ours (0002_change_capture.sql), always extracted from the document.
     "healthevent.agent": Column("agent", "text"),
     "healthevent.componentclass": Column("component_class", "text"),
     "healthevent.checkname": Column("check_name", "text"),
     "healthevent.isfatal": Column("is_fatal", "boolean"),
     "healthevent.ishealthy": Column("is_healthy", "boolean"),
-    "healthevent.recommendedaction": Column("recommended_action", "integer"),
+    "healthevent.recommendedaction": Column("recommended_action_code", "integer"),
     "healthevent.processingstrategy": Column("processing_strategy", "integer"),
     "healthevent.generatedtimestamp": Column("event_timestamp", "timestamptz"),
     "healtheventstatus.nodequarantined": Column("quarantine_status", "text", empty_is_null=True),
     "healtheventstatus.userpodsevictionstatus.status": Column(
         "eviction_status", "text", empty_is_null=True
     ),
-    "healtheventstatus.faultremediated": Column("fault_remediated", "boolean"),
+    "healtheventstatus.faultremediated": Column("remediated", "boolean"),
     "healtheventstatus.lastremediationtimestamp": Column("last_remediation_at", "timestamptz"),
-    "createdat": Column("created_at", "timestamptz", not_null=True),
 }
 
 MAINTENANCE_EVENT_COLUMNS: Final[Mapping[str, Column]] = {
-    "eventid": Column("event_id", "text"),
-    "csp": Column("csp", "text"),
-    "clustername": Column("cluster_name", "text"),
-    "nodename": Column("node_name", "text"),
+    # NVSentinel's columns that its upsert writes from the same document
+    # (status and the times can be changed by column-only updates: document).
+    "eventid": Column("event_id", "text", max_length=255),
+    "csp": Column("csp", "text", empty_is_null=True, max_length=50),
+    "clustername": Column("cluster_name", "text", empty_is_null=True, max_length=255),
+    "nodename": Column("node_name", "text", max_length=255),
+    # Ours.
     "resourcetype": Column("resource_type", "text"),
     "resourceid": Column("resource_id", "text"),
     "maintenancetype": Column("maintenance_type", "text"),
-    "status": Column("status", "text"),
-    "cspstatus": Column("csp_status", "text"),
     "recommendedaction": Column("recommended_action", "text"),
-    "scheduledstarttime": Column("scheduled_start_time", "timestamptz"),
     "scheduledendtime": Column("scheduled_end_time", "timestamptz"),
     "actualstarttime": Column("actual_start_time", "timestamptz"),
-    "actualendtime": Column("actual_end_time", "timestamptz"),
-    "eventreceivedtimestamp": Column("event_received_at", "timestamptz"),
-    "lastupdatedtimestamp": Column("last_updated_at", "timestamptz"),
-    "createdat": Column("created_at", "timestamptz", not_null=True),
 }
 
 TABLE_COLUMNS: Final[Mapping[str, Mapping[str, Column]]] = {
@@ -105,7 +106,11 @@ def column_for(columns: Mapping[str, Column], path: Path) -> Column | None:
 
 def _fits(column: Column, value: Any) -> bool:
     if column.type == "text":
-        return isinstance(value, str) and not (column.empty_is_null and value == "")
+        return (
+            isinstance(value, str)
+            and not (column.empty_is_null and value == "")
+            and (column.max_length is None or len(value) <= column.max_length)
+        )
     if column.type == "boolean":
         return isinstance(value, bool)
     if column.type == "integer":
@@ -261,23 +266,32 @@ class TableTarget:
         return sql.SQL(", ").join(items) if items else None
 
 
-def _id_condition(cond: Cond) -> sql.Composable:
-    def text(value: Any) -> str:
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise QueryError(f"_id values are strings, got {value!r}")
-        return str(value)
+def row_id(value: Any) -> sql.Composable:
+    """The ``id`` (uuid) of the row whose document has ``_id`` = ``value``.
 
+    The same derivation as the extraction trigger's (``nvsentinel_document_uuid``:
+    a UUID as itself, any other id through md5); an immutable function of a
+    constant, so PostgreSQL folds it and the primary key serves the lookup.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise QueryError(f"_id values are strings, got {value!r}")
+    return sql.SQL("nvsentinel_document_uuid({}::jsonb)").format(sql.Literal(json.dumps(value)))
+
+
+def _id_condition(cond: Cond) -> sql.Composable:
     ident = sql.Identifier("id")
     if cond.op == "eq":
-        return sql.SQL("({} = {})").format(ident, sql.Literal(text(cond.value)))
+        return sql.SQL("({} = {})").format(ident, row_id(cond.value))
     if cond.op == "in":
-        return sql.SQL("({} = ANY({}))").format(ident, sql.Literal([text(v) for v in cond.value]))
+        if not cond.value:
+            return FALSE
+        return sql.SQL("({} IN ({}))").format(
+            ident, sql.SQL(", ").join(row_id(v) for v in cond.value)
+        )
     if cond.op == "exists":
         return TRUE
     if cond.op in _SQL_OPS:
-        return sql.SQL("({} {} {})").format(
-            ident, sql.SQL(_SQL_OPS[cond.op]), sql.Literal(text(cond.value))
-        )
+        return sql.SQL("({} {} {})").format(ident, sql.SQL(_SQL_OPS[cond.op]), row_id(cond.value))
     raise QueryError(f"unknown condition {cond.op!r}")
 
 

@@ -178,10 +178,17 @@ ALTER TABLE health_events
     ADD COLUMN version bigint NOT NULL DEFAULT 1,
     ADD COLUMN change_position_txid xid8 NOT NULL DEFAULT '0',
     ADD COLUMN agent text,
+    ADD COLUMN component_class text,
+    ADD COLUMN check_name text,
     ADD COLUMN is_fatal boolean,
     ADD COLUMN is_healthy boolean,
+    ADD COLUMN recommended_action_code integer,
     ADD COLUMN processing_strategy integer,
-    ADD COLUMN event_timestamp timestamptz;
+    ADD COLUMN event_timestamp timestamptz,
+    ADD COLUMN quarantine_status text,
+    ADD COLUMN eviction_status text,
+    ADD COLUMN remediated boolean,
+    ADD COLUMN last_remediation_at timestamptz;
 ALTER TABLE health_events ALTER COLUMN change_position_txid SET DEFAULT pg_current_xact_id();
 
 ALTER TABLE maintenance_events
@@ -198,16 +205,27 @@ ALTER TABLE maintenance_events ALTER COLUMN change_position_txid SET DEFAULT pg_
 -- The fields of a health event document, one function per owner of the columns.
 CREATE FUNCTION health_events_our_fields(
     d jsonb,
-    OUT agent text, OUT is_fatal boolean, OUT is_healthy boolean,
-    OUT processing_strategy integer, OUT event_timestamp timestamptz)
+    OUT agent text, OUT component_class text, OUT check_name text, OUT is_fatal boolean,
+    OUT is_healthy boolean, OUT recommended_action_code integer, OUT processing_strategy integer,
+    OUT event_timestamp timestamptz, OUT quarantine_status text, OUT eviction_status text,
+    OUT remediated boolean, OUT last_remediation_at timestamptz)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT nvsentinel_json_text(he -> 'agent'),
+           nvsentinel_json_text(coalesce(he -> 'componentclass', he -> 'componentClass')),
+           nvsentinel_json_text(coalesce(he -> 'checkname', he -> 'checkName')),
            nvsentinel_json_bool(coalesce(he -> 'isfatal', he -> 'isFatal')),
            nvsentinel_json_bool(coalesce(he -> 'ishealthy', he -> 'isHealthy')),
+           nvsentinel_json_int(coalesce(he -> 'recommendedaction', he -> 'recommendedAction')),
            nvsentinel_json_int(coalesce(he -> 'processingstrategy', he -> 'processingStrategy')),
-           nvsentinel_json_timestamptz(coalesce(he -> 'generatedtimestamp', he -> 'generatedTimestamp'))
-      FROM (SELECT coalesce(d -> 'healthevent', d -> 'healthEvent') AS he) AS e
+           nvsentinel_json_timestamptz(coalesce(he -> 'generatedtimestamp', he -> 'generatedTimestamp')),
+           nullif(nvsentinel_json_text(coalesce(st -> 'nodequarantined', st -> 'nodeQuarantined')), ''),
+           nullif(nvsentinel_json_text(coalesce(st -> 'userpodsevictionstatus',
+                                                st -> 'userPodsEvictionStatus') -> 'status'), ''),
+           nvsentinel_json_bool(coalesce(st -> 'faultremediated', st -> 'faultRemediated')),
+           nvsentinel_json_timestamptz(coalesce(st -> 'lastremediationtimestamp', st -> 'lastRemediationTimestamp'))
+      FROM (SELECT coalesce(d -> 'healthevent', d -> 'healthEvent') AS he,
+                   coalesce(d -> 'healtheventstatus', d -> 'healthEventStatus') AS st) AS e
 $$;
 
 CREATE FUNCTION health_events_nvsentinel_fields(
@@ -330,10 +348,23 @@ BEGIN
 
     SELECT * INTO ours FROM health_events_our_fields(NEW.document);
     NEW.agent := ours.agent;
+    NEW.component_class := ours.component_class;
+    NEW.check_name := ours.check_name;
     NEW.is_fatal := ours.is_fatal;
     NEW.is_healthy := ours.is_healthy;
+    NEW.recommended_action_code := ours.recommended_action_code;
     NEW.processing_strategy := ours.processing_strategy;
     NEW.event_timestamp := ours.event_timestamp;
+    NEW.quarantine_status := ours.quarantine_status;
+    NEW.eviction_status := ours.eviction_status;
+    NEW.remediated := ours.remediated;
+    NEW.last_remediation_at := ours.last_remediation_at;
+    IF TG_OP = 'INSERT' THEN
+        -- NVSentinel's inserts never name created_at: its default stands in
+        -- for the document's own time, which is used when there is one.
+        NEW.created_at := coalesce(nvsentinel_json_timestamptz(
+            coalesce(NEW.document -> 'createdAt', NEW.document -> 'createdat')), NEW.created_at, now());
+    END IF;
 
     IF (TG_OP = 'INSERT' AND NEW.node_name IS NOT NULL)
        OR (TG_OP = 'UPDATE' AND (NEW.node_name, NEW.event_type, NEW.severity, NEW.recommended_action,
@@ -362,9 +393,7 @@ BEGIN
     NEW.last_remediation_timestamp := theirs.last_remediation_timestamp;
     NEW.quarantine_finish_timestamp := theirs.quarantine_finish_timestamp;
     NEW.drain_finish_timestamp := theirs.drain_finish_timestamp;
-    IF TG_OP = 'INSERT' THEN
-        NEW.created_at := coalesce(theirs.created_at, NEW.created_at, now());
-    ELSE
+    IF TG_OP = 'UPDATE' THEN
         NEW.created_at := coalesce(theirs.created_at, OLD.created_at);
         NEW.updated_at := now();
     END IF;
@@ -457,8 +486,12 @@ CREATE TRIGGER maintenance_events_extract
 -- columns from their documents, without a change record or a notification.
 ALTER TABLE health_events DISABLE TRIGGER USER;
 UPDATE health_events AS h
-   SET (agent, is_fatal, is_healthy, processing_strategy, event_timestamp)
-     = (SELECT f.agent, f.is_fatal, f.is_healthy, f.processing_strategy, f.event_timestamp
+   SET (agent, component_class, check_name, is_fatal, is_healthy, recommended_action_code,
+        processing_strategy, event_timestamp, quarantine_status, eviction_status, remediated,
+        last_remediation_at)
+     = (SELECT f.agent, f.component_class, f.check_name, f.is_fatal, f.is_healthy,
+               f.recommended_action_code, f.processing_strategy, f.event_timestamp,
+               f.quarantine_status, f.eviction_status, f.remediated, f.last_remediation_at
           FROM health_events_our_fields(h.document) AS f);
 ALTER TABLE health_events ENABLE TRIGGER USER;
 ALTER TABLE maintenance_events DISABLE TRIGGER USER;
@@ -473,12 +506,12 @@ ALTER TABLE maintenance_events ENABLE TRIGGER USER;
 -- Our indexes (NVSentinel's are in 0001).
 CREATE INDEX health_events_node_created_idx ON health_events (node_name, created_at DESC);
 CREATE INDEX health_events_event_timestamp_idx ON health_events (event_timestamp DESC);
-CREATE INDEX health_events_quarantine_created_idx ON health_events (node_quarantined, created_at DESC);
-CREATE INDEX health_events_eviction_created_idx ON health_events (user_pods_eviction_status, created_at DESC);
-CREATE INDEX health_events_agent_check_idx ON health_events (agent, event_type, created_at DESC);
+CREATE INDEX health_events_quarantine_status_idx ON health_events (quarantine_status, created_at DESC);
+CREATE INDEX health_events_eviction_status_idx ON health_events (eviction_status, created_at DESC);
+CREATE INDEX health_events_agent_check_idx ON health_events (agent, check_name, created_at DESC);
 CREATE INDEX health_events_fatal_idx ON health_events (created_at DESC) WHERE is_fatal;
 CREATE INDEX health_events_unremediated_idx ON health_events (node_name, created_at DESC)
-    WHERE fault_remediated IS NOT TRUE;
+    WHERE remediated IS NOT TRUE;
 CREATE INDEX maintenance_events_status_scheduled_start_idx
     ON maintenance_events (status, scheduled_start_time);
 CREATE INDEX maintenance_events_status_actual_end_idx
