@@ -170,7 +170,8 @@ def test_helm_test_pod_checks_the_latest_shipped_schema_version() -> None:
     env = env_map(test_pod["spec"]["containers"][0])
     assert env["EXPECTED_SCHEMA_VERSION"]["value"] == str(int(MIGRATIONS[-1].name[:4]))
     script = test_pod["spec"]["containers"][0]["args"][0]
-    assert "schema_migrations" in script and "pg_trigger" in script
+    assert "nvsentinel_store_migrations" in script and "nvsentinel_schema_migrations" in script
+    assert "pg_trigger" in script
 
 
 def test_pg_hba_has_no_plaintext_remote_rule() -> None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from nvsentinel_store import health
 from nvsentinel_store.changestream import PostgresChangeStream
 from nvsentinel_store.errors import HistoryLostError, QueryError
-from nvsentinel_store.providers.postgresql import PostgresCollection, PostgresStore
+from nvsentinel_store.providers.postgresql import PostgresCollection, PostgresStore, StoreOptions
 from nvsentinel_store.store import ChangeEvent, WatchOptions
 from tests.fixtures.postgres import PostgresDatabase
 
@@ -243,13 +246,37 @@ def test_open_transaction_delays_later_commits_but_loses_nothing(
     assert {e["documentKey"]["_id"] for e in got} == {"slow", "fast"}
 
 
-def test_capture_triggers_do_not_notify(app_conn: psycopg.Connection[Any]) -> None:
-    """pg_notify in the write path serialises every writing transaction at commit."""
-    rows = app_conn.execute(
-        "SELECT p.proname FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace "
-        "WHERE n.nspname = 'public' AND p.prosrc ILIKE '%notify%'"
-    ).fetchall()
-    assert rows == []
+def test_writes_notify_nvsentinel_changes_unless_an_operator_turns_it_off(
+    schema_database: PostgresDatabase, events: PostgresCollection
+) -> None:
+    """NVSentinel's watchers LISTEN on nvsentinel_changes; our streams never need it."""
+    stream = events.watch(options=FAST)
+    with psycopg.connect(schema_database.conninfo(), autocommit=True) as listener:
+        listener.execute("LISTEN nvsentinel_changes")
+        events.insert_one({"_id": "notified"})
+        (note,) = list(listener.notifies(timeout=5, stop_after=1))
+        payload = json.loads(note.payload)
+        change_id = listener.execute(
+            "SELECT id FROM datastore_changelog WHERE record_id = nvsentinel_document_uuid(%s)",
+            (Jsonb("notified"),),
+        ).fetchone()
+        assert change_id is not None
+        assert payload == {"id": change_id[0], "table": "health_events", "operation": "INSERT"}
+
+        with psycopg.connect(schema_database.superuser_conninfo(), autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} SET nvsentinel.notify_changes = off").format(
+                    sql.Identifier(schema_database.name)
+                )
+            )
+        with PostgresStore(
+            schema_database.conninfo(), schema_database.name, StoreOptions(max_pool_size=2)
+        ) as quiet:
+            quiet.collection("health_events").insert_one({"_id": "silent"})
+        assert list(listener.notifies(timeout=1)) == []
+    # Off only silences the hint: the change is still delivered, once each.
+    assert [e["documentKey"]["_id"] for e in take(stream, 2)] == ["notified", "silent"]
+    assert nothing_more(stream)
 
 
 def test_streams_see_only_their_collection(store: PostgresStore) -> None:

@@ -150,7 +150,7 @@ def test_helm_test_pod_fails_when_the_schema_was_never_applied(
     pod.copy_certificate("nvsentinel")
     checked = pod.run("datastore-test")
     assert checked.returncode != 0
-    assert "schema_migrations is missing" in checked.stderr
+    assert "nvsentinel_store_migrations is missing" in checked.stderr
 
 
 def test_wait_for_postgresql_gives_up_with_a_message_when_nothing_listens(
@@ -262,7 +262,9 @@ def test_prune_cronjob_keeps_changes_younger_than_max_age_and_expires_silent_con
     reader.save_token()  # passed everything, but silent for 8 days (below)
     reader.close()
     with psycopg.connect(schema_database.superuser_conninfo(), autocommit=True) as conn:
-        conn.execute("UPDATE resume_tokens SET updated_at = updated_at - interval '8 days'")
+        conn.execute(
+            "UPDATE datastore_consumer_positions SET updated_at = updated_at - interval '8 days'"
+        )
     age_changes(schema_database, "id IN (SELECT id FROM datastore_changelog ORDER BY id LIMIT 2)")
 
     pod = prune_pod(objects, schema_database, tmp_path / "prune")

@@ -212,7 +212,9 @@ def test_health_reports_a_healthy_datastore(
     assert report["healthy"] is True
     assert checks["tls"]["ok"] and checks["tls"]["detail"].startswith("TLSv1.")
     assert checks["schema"]["detail"].startswith("version 4")
-    assert checks["triggers"]["detail"] == "8 present and enabled"
+    assert checks["nvsentinel-schema"]["ok"]
+    assert checks["nvsentinel-schema"]["detail"].startswith("version 3 ")
+    assert checks["triggers"]["detail"] == "6 present and enabled"
     assert report["changelog_rows"] == 1
     assert [(c["client_name"], c["pending_changes"]) for c in report["consumers"]] == [
         ("fault-quarantine", 1)
@@ -233,13 +235,14 @@ def test_health_prints_an_aligned_table_for_people(
         "connection",
         "tls",
         "schema",
+        "nvsentinel-schema",
         "triggers",
         "epoch",
         "changelog",
         "delivery",
     ]
     assert all(status == "ok" for status, _ in checks.values())
-    assert checks["triggers"][1] == "8 present and enabled"
+    assert checks["triggers"][1] == "6 present and enabled"
     blocks = result.stdout.split("\n\n")
     consumers = blocks[1].splitlines()
     assert consumers[0].split() == [
@@ -263,11 +266,11 @@ def test_health_fails_when_a_trigger_is_missing(
     schema_database: PostgresDatabase,
 ) -> None:
     with psycopg.connect(schema_database.conninfo(user=MIGRATION_USER), autocommit=True) as conn:
-        conn.execute("DROP TRIGGER health_events_capture_update ON health_events")
+        conn.execute("DROP TRIGGER health_events_changes ON health_events")
     result = run_cli(schema_database, "health")
     assert result.returncode == cli.EXIT_UNHEALTHY
     checks = health_table(result.stdout)
-    assert checks["triggers"] == ("FAIL", "missing: health_events.health_events_capture_update")
+    assert checks["triggers"] == ("FAIL", "missing: health_events.health_events_changes")
     assert result.stdout.rstrip().endswith("UNHEALTHY")
 
 

@@ -75,7 +75,7 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 180)
 def consumer_registered(postgresql: PostgresConnection, client_name: str) -> bool:
     with postgresql.connect() as conn:
         row = conn.execute(
-            "SELECT 1 FROM resume_tokens WHERE client_name = %s", (client_name,)
+            "SELECT 1 FROM datastore_consumer_positions WHERE client_name = %s", (client_name,)
         ).fetchone()
     return row is not None
 
@@ -219,7 +219,9 @@ def test_helm_upgrade_with_a_new_migration_runs_a_new_schema_job(
         installed.cluster.api, "Deployment", tools.deployment, installed.namespace, timeout=300
     )
     with postgresql.connect() as conn:
-        versions = dict(conn.execute("SELECT version, name FROM schema_migrations").fetchall())
+        versions = dict(
+            conn.execute("SELECT version, name FROM nvsentinel_store_migrations").fetchall()
+        )
         comment = conn.execute("SELECT obj_description('health_events'::regclass)").fetchone()
     assert versions.get(latest + 1) == added, versions
     assert comment == ("e2e: applied by the upgraded schema Job",)

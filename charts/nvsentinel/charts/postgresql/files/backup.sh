@@ -14,8 +14,8 @@ BACKUP_DIR/<database>-<UTC timestamp>.dump (through a .partial file, so a
 failed dump never counts as a backup), then deletes all but the newest
 RETENTION dumps. Connects with the PG* environment (in the chart: TLS with
 verify-full and a client certificate). Dumps with --enable-row-security: the
-backup role (pg_read_all_data) reads resume_tokens through its read-only
-policy instead of failing on row level security.
+backup role (pg_read_all_data) reads datastore_consumer_positions through its
+read-only policy instead of failing on row level security.
 
 Environment: PGHOST PGPORT PGDATABASE PGUSER PGSSLMODE PGSSLCERT PGSSLKEY
 PGSSLROOTCERT, BACKUP_DIR (default /backups), RETENTION (default 7).
