@@ -76,7 +76,9 @@ CATALOG_QUERIES: dict[str, str] = {
                coalesce(with_check, '')
           FROM pg_policies WHERE schemaname = 'public' ORDER BY 1, 2""",
     "extensions": "SELECT extname, extversion FROM pg_extension ORDER BY 1",
-    "nvsentinel_versions": "SELECT version, description FROM nvsentinel_schema_migrations ORDER BY 1",
+    "nvsentinel_versions": (
+        "SELECT version, description FROM nvsentinel_schema_migrations ORDER BY 1"
+    ),
     "our_versions": "SELECT version, name, checksum FROM nvsentinel_store_migrations ORDER BY 1",
 }
 
