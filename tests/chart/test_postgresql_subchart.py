@@ -549,3 +549,14 @@ def test_sessions_idle_in_a_transaction_are_ended_so_they_cannot_hold_change_str
     assert shorter["idle_in_transaction_session_timeout"] == "30s"
     message = render_error("postgresql", ["config.idleInTransactionSessionTimeout=5 minutes"])
     assert "/config/idleInTransactionSessionTimeout" in message
+
+
+def test_change_notifications_are_on_unless_an_operator_turns_them_off() -> None:
+    conf = parse_postgresql_conf(config_files(render())["postgresql.conf"])
+    assert conf["nvsentinel.notify_changes"] == "on"
+    off = parse_postgresql_conf(
+        config_files(render("config.notifyChanges=false"))["postgresql.conf"]
+    )
+    assert off["nvsentinel.notify_changes"] == "off"
+    message = render_error("postgresql", ["config.parameters.nvsentinel\\.notify_changes=off"])
+    assert "nvsentinel.notify_changes" in message
