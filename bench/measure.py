@@ -505,7 +505,7 @@ def measure_loss(bs: BenchServer, plan: Plan, log: Progress) -> LossResult:
         truth = {
             int(r[0])
             for r in conn.execute(
-                "SELECT id FROM datastore_changelog WHERE collection = 'health_events' AND id > %s",
+                "SELECT id FROM datastore_changelog WHERE table_name = 'health_events' AND id > %s",
                 (start_id,),
             ).fetchall()
         }

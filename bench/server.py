@@ -32,8 +32,9 @@ from tests.fixtures.postgres import (
 from bench.cpu import CpuMeter, postmaster_pid
 from nvsentinel_store import migrations
 
-#: The capture triggers are the ones whose function is one of these (migration 0002).
-CAPTURE_FUNCTION_PREFIX = "datastore_capture_"
+#: The capture triggers are the ones running NVSentinel's change log function
+#: (migration 0001); our position trigger on the change log (0002) runs with them.
+CAPTURE_FUNCTION_PREFIX = "log_table_changes"
 
 
 @dataclass

@@ -157,7 +157,7 @@ def naive_poller(
             done = stop.is_set()
             rows = conn.execute(
                 "SELECT id FROM datastore_changelog "
-                "WHERE collection = 'health_events' AND id > %s ORDER BY id LIMIT 1000",
+                "WHERE table_name = 'health_events' AND id > %s ORDER BY id LIMIT 1000",
                 (last,),
             ).fetchall()
             for (row_id,) in rows:

@@ -86,6 +86,17 @@ def test_schema_job_applied_every_migration_the_chart_ships(
         assert_schema_current(conn)
 
 
+def test_services_role_reads_nvsentinel_schema_version_3(postgresql: PostgresConnection) -> None:
+    """What NVSentinel's store-client waits for before every service starts."""
+    with postgresql.connect() as conn:
+        user = conn.execute("SELECT current_user").fetchone()
+        version = conn.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM nvsentinel_schema_migrations"
+        ).fetchone()
+    assert user == (postgresql.env["DATASTORE_USERNAME"],)
+    assert version == (3,)
+
+
 def test_tables_and_change_capture_triggers_exist(postgresql: PostgresConnection) -> None:
     with postgresql.connect() as conn:
         assert_tables_and_triggers(conn)
