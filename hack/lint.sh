@@ -60,6 +60,7 @@ main() {
   check "ruff format --check" "$VENV_BIN/ruff" format --check src tests bench hack
   check "mypy --strict src" "$VENV_BIN/mypy"
   check "shellcheck" shellcheck_all
+  check "gofmt and go vet (tests/nvsentinel_client)" hack/build-nvsentinel-client.sh --vet
   check "helm lint --strict (every values file)" helm_lint_all
   check "chart README values table is current" "$VENV_BIN/python" hack/gen-chart-readme.py --check
   check "docs/postgresql-schema.sql is current" hack/gen-schema-doc.sh --check

@@ -18,7 +18,9 @@ Installs, skipping what is already there:
      editable and its pinned development dependencies (pyproject.toml)
   3. .bin/: helm, helm3, kube-apiserver, kube-controller-manager, kubectl,
      kube-scheduler, kubelet, kube-proxy, etcd, kind, tilt, coredns and
-     cert-manager-controller, built from their Go modules (hack/build-tools.sh)
+     cert-manager-controller, built from their Go modules (hack/build-tools.sh),
+     and nvsentinel-client-check, NVSentinel's own Go store-client driven by
+     tests/nvsentinel_client (hack/build-nvsentinel-client.sh)
 Needs: root (or sudo) for apt-get, python3 >= 3.11, go.
 USAGE
 }
@@ -71,6 +73,8 @@ build_tools() {
   local start=$SECONDS
   step "Go-built tools (.bin/)"
   "$REPO/hack/build-tools.sh"
+  # NVSentinel's own Go store-client, for the datastore tier's compatibility tests.
+  "$REPO/hack/build-nvsentinel-client.sh"
   elapsed "$start"
 }
 

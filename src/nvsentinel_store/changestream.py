@@ -91,8 +91,9 @@ them, and a server restored from ``pg_dump`` counts its own. Table
 checks that it runs on that server; on another (a restore that was not
 adopted yet) it raises :class:`~nvsentinel_store.errors.HistoryLostError`
 instead of misreading positions. ``datastore_adopt_restore()`` rebases the
-stored positions (consumers keep their place) and draws a new epoch, so a
-token handed out before the restore is refused, never misread.
+stored positions (a consumer resumes before the first change it had not
+passed: it may see a change again, never miss one) and draws a new epoch, so
+a token handed out before the restore is refused, never misread.
 
 Wake-up: adaptive polling
 =========================

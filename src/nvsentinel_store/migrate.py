@@ -102,9 +102,11 @@ DEFAULT_SAMPLE_SIZE: Final = 100
 #: File name endings read from a directory.
 FILE_SUFFIXES: Final = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 #: The change log trigger of each event table (NVSentinel's log_table_changes, migration 0001).
-CAPTURE_INSERT_TRIGGER: Final = {name: f"{name}_changes" for name in COLLECTIONS}
-#: A stored document's ``_id`` as text, the form ``check_document`` returns.
-_ID_TEXT: Final = "document ->> '_id'"
+CHANGE_LOG_TRIGGER: Final = {name: f"{name}_changes" for name in COLLECTIONS}
+#: A stored document's ``_id`` as text, the form ``check_document`` returns; a
+#: document NVSentinel's services wrote has none and is read with its row id, as
+#: the store reads it.
+_ID_TEXT: Final = "coalesce(document ->> '_id', id::text)"
 #: Rows whose documents have one of the ``_id`` texts of a ``text[]`` parameter
 #: (the row id is derived from the ``_id`` as the extraction trigger does).
 _IDS_MATCH: Final = (
@@ -812,8 +814,9 @@ def check_target(conn: Conn, collections: Sequence[str], *, need_owner: bool) ->
             )
         if need_owner and not row[1]:
             raise ConfigError(
-                f"importing without change events disables {name}'s capture trigger for each "
-                f"batch, which only the table's owner ({row[2]}) may do; connect as {row[2]} "
+                f"importing without change events disables {name}'s change log trigger "
+                f"({CHANGE_LOG_TRIGGER[name]}) for each batch, which only the table's owner "
+                f"({row[2]}) may do; connect as {row[2]} "
                 "(DATASTORE_USERNAME and its client certificate, postgresql-migration-cert), or "
                 "pass --capture-changes to import as the application and let consumers receive "
                 "every imported document as a new insert"
@@ -831,7 +834,7 @@ class _Importer:
         self.collection = collection
         self.options = options
         self.table = sql.Identifier(collection)
-        self.trigger = sql.Identifier(CAPTURE_INSERT_TRIGGER[collection])
+        self.trigger = sql.Identifier(CHANGE_LOG_TRIGGER[collection])
         self._staging_ready = False
 
     def _staging(self) -> None:

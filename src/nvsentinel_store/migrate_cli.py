@@ -57,8 +57,8 @@ with: health_events*.json / maintenance_events*.json (also .ndjson, .jsonl,
 
 change events: by default the import produces none (imported history must not
 wake the services' change streams); each batch then briefly disables the
-table's capture trigger, which needs the tables' owner: connect as
-nvsentinel_migrator (DATASTORE_USERNAME=nvsentinel_migrator, the
+table's change log trigger (<table>_changes), which needs the tables' owner:
+connect as nvsentinel_migrator (DATASTORE_USERNAME=nvsentinel_migrator, the
 postgresql-migration-cert client certificate). --capture-changes imports as
 any role with INSERT and turns every document into an insert change.
 

@@ -124,7 +124,8 @@ def snapshot(conninfo: str) -> dict[str, list[Any]]:
             ),
             "changes": rows(
                 conn,
-                "SELECT collection, operation, document_id, version, document, document_before "
+                "SELECT id, table_name::text, operation::text, record_id, version, replaced, "
+                "old_values, new_values, changed_at, processed "
                 "FROM datastore_changelog ORDER BY position_txid, id",
             ),
             "consumers": rows(
@@ -310,7 +311,9 @@ def test_backup_cronjob_dump_restores_into_a_fresh_server_with_documents_trigger
         with psycopg.connect(target.conninfo(user=MIGRATION_USER), autocommit=True) as conn:
             hazard = conn.execute(
                 "SELECT l.position_txid < t.position_txid FROM datastore_changelog AS l, "
-                "resume_tokens AS t WHERE l.document_id = %s AND t.client_name = %s",
+                "datastore_consumer_positions AS t "
+                "WHERE l.new_values -> 'document' ->> '_id' = %s "
+                "AND t.client_name = %s AND t.collection = 'health_events'",
                 (early, "fault-quarantine"),
             ).fetchone()
             assert hazard == (True,)
@@ -318,16 +321,33 @@ def test_backup_cronjob_dump_restores_into_a_fresh_server_with_documents_trigger
             assert adopted is not None and adopted[0] is True
             again = conn.execute("SELECT adopted FROM datastore_adopt_restore()").fetchone()
             assert again == (False,)  # idempotent: now it is this server's history
+            # Change ids are kept (NVSentinel's resume tokens name them): the
+            # restored ones, then the one written before adoption above them.
+            ids = conn.execute(
+                "SELECT id, new_values -> 'document' ->> '_id' = %s FROM datastore_changelog "
+                "ORDER BY id",
+                (early,),
+            ).fetchall()
+            assert [i for i, is_early in ids if not is_early] == sorted(
+                c[0] for c in before["changes"]
+            )
+            assert [is_early for _, is_early in ids][-1:] == [True]
+            assert sum(1 for _, is_early in ids if is_early) == 1
 
-        # Resume tokens preserved: the consumer continues exactly where its stored
-        # token was, then gets the change written before adoption.
+        # Resume tokens preserved: the consumer resumes just before the first change
+        # it had not passed, then gets the change written before adoption. (Adoption
+        # orders the restored history by change id; this history was written one
+        # transaction at a time, so id order is the old order and nothing comes
+        # again. Commits out of id order: see the test after this one.)
         resumed = health.watch(client_name="fault-quarantine", options=FAST)
         assert keys(take(resumed, len(pending))) == pending
         assert keys(take(resumed, 1)) == [("insert", early, 1)]
 
         # Triggers preserved: a change after the restore is extracted, captured and
         # delivered at once (not held back behind the old server's positions).
-        restored_id = next(str(r["id"]) for r in before["health_events"] if r["version"] == 1)
+        restored_id = next(
+            str(r["document"]["_id"]) for r in before["health_events"] if r["version"] == 1
+        )
         health.update_one(
             {"_id": restored_id}, {"$set": {"healtheventstatus.nodequarantined": "Quarantined"}}
         )
@@ -336,13 +356,16 @@ def test_backup_cronjob_dump_restores_into_a_fresh_server_with_documents_trigger
         resumed.save_token()
         with psycopg.connect(target.conninfo(user=APP_USER), autocommit=True) as conn:
             extracted = conn.execute(
-                "SELECT node_name, is_fatal FROM health_events WHERE id = %s", (new_id,)
+                "SELECT node_name, is_fatal FROM health_events WHERE document ->> '_id' = %s",
+                (new_id,),
             ).fetchone()
             assert extracted == ("after-restore", True)
             quarantined = conn.execute(
-                "SELECT quarantine_status FROM health_events WHERE id = %s", (restored_id,)
+                "SELECT quarantine_status, node_quarantined FROM health_events "
+                "WHERE document ->> '_id' = %s",
+                (restored_id,),
             ).fetchone()
-            assert quarantined == ("Quarantined",)
+            assert quarantined == ("Quarantined", "Quarantined")
 
         # The other consumer, on the other collection, resumes at its own place.
         maint = restored.collection("maintenance_events").watch(
@@ -466,3 +489,87 @@ def test_a_stream_running_across_a_restore_refuses_when_it_reconnects_to_the_new
     with pytest.raises(HistoryLostError, match="restored from a backup while the stream ran"):
         stream.try_next(timeout=1.0)
     stream.close()
+
+
+def test_adoption_repeats_changes_committed_out_of_id_order_and_skips_none(
+    objects: list[dict[str, Any]],
+    schema_database: PostgresDatabase,
+    store: PostgresStore,
+    fresh_server: PostgresServer,
+    tmp_path: Path,
+) -> None:
+    """Changed on purpose with NVSentinel's layout: adoption keeps the change ids
+    (NVSentinel's resume tokens name them) and orders the restored history by id. A
+    consumer resumes just before the first change it had not passed: it sees again a
+    change it had passed that committed out of id order, and never misses one; a
+    consumer that had passed everything gets exactly the changes written on the new
+    server before adoption."""
+    script_dir = scripts(objects, tmp_path / "scripts")
+    run_initdb_script(schema_database.server, schema_database.name, script_dir)
+    burn_transaction_ids(schema_database, 1000)
+
+    # Two writers committing out of id order: "a" takes its transaction id first,
+    # "b" inserts (the lower change id) and commits, then "a" inserts. In position
+    # order (transaction id, change id) "a" comes first; in id order "b" does.
+    def insert(conn: psycopg.Connection[Any], doc_id: str) -> None:
+        conn.execute(
+            "INSERT INTO health_events (document) VALUES (%s::jsonb)",
+            (json.dumps({"_id": doc_id, "healthevent": {"nodename": f"node-{doc_id}"}}),),
+        )
+
+    with (
+        psycopg.connect(schema_database.conninfo(user=APP_USER)) as a,
+        psycopg.connect(schema_database.conninfo(user=APP_USER)) as b,
+    ):
+        a.execute("SELECT pg_current_xact_id()")
+        insert(b, "b")
+        b.commit()
+        insert(a, "a")
+        a.commit()
+    with psycopg.connect(schema_database.conninfo(user=MIGRATION_USER), autocommit=True) as conn:
+        order = rows(
+            conn,
+            "SELECT new_values -> 'document' ->> '_id' FROM datastore_changelog ORDER BY id",
+        )
+        assert order == ["b", "a"]
+
+    health = store.collection("health_events")
+    # One consumer passed "a" only, the other both.
+    with health.watch(client_name="half", from_beginning=True, options=FAST) as half:
+        assert keys(take(half, 1)) == [("insert", "a", 1)]
+        half.save_token()
+    with health.watch(client_name="all", from_beginning=True, options=FAST) as passed_all:
+        assert keys(take(passed_all, 2)) == [("insert", "a", 1), ("insert", "b", 1)]
+        passed_all.save_token()
+
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    backup = run_backup_cronjob(objects, schema_database, script_dir, backups)
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    fresh_server.psql(f"CREATE DATABASE {DATABASE}")
+    run_initdb_script(fresh_server, DATABASE, script_dir)
+    pg_restore(fresh_server, next(backups.glob("*.dump")))
+    target = PostgresDatabase(server=fresh_server, name=DATABASE)
+
+    with PostgresStore(
+        target.conninfo(user=APP_USER), DATABASE, StoreOptions(retry_timeout=10.0)
+    ) as restored:
+        restored_health = restored.collection("health_events")
+        # Written before adoption: a new document and an update of a restored one.
+        early = restored_health.insert_one({"healthevent": {"nodename": "before-adoption"}})
+        restored_health.update_one(
+            {"_id": "b"}, {"$set": {"healtheventstatus.nodequarantined": "Quarantined"}}
+        )
+        with psycopg.connect(target.conninfo(user=MIGRATION_USER), autocommit=True) as conn:
+            adopted = conn.execute("SELECT adopted FROM datastore_adopt_restore()").fetchone()
+            assert adopted == (True,)
+        new = [("insert", early, 1), ("update", "b", 2)]
+
+        with restored_health.watch(client_name="half", options=FAST) as resumed:
+            # "b" (not passed), "a" again (passed, but above "b" in id order), then
+            # the changes written before adoption; nothing else.
+            assert keys(take(resumed, 4)) == [("insert", "b", 1), ("insert", "a", 1), *new]
+            assert resumed.try_next(timeout=0.3) is None
+        with restored_health.watch(client_name="all", options=FAST) as resumed:
+            assert keys(take(resumed, 2)) == new
+            assert resumed.try_next(timeout=0.3) is None

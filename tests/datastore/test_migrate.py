@@ -9,9 +9,11 @@ connects as the tables' owner (``nvsentinel_migrator``), as the guide says.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -98,8 +100,32 @@ def exported(export_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return docs
 
 
+#: A UUID as ``nvsentinel_document_uuid`` recognises one (any case, hyphens optional).
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}", re.I)
+#: NVSentinel's RecommendedAction enum names (its health_events.recommended_action column).
+ACTION_NAMES = {
+    0: "NONE",
+    2: "COMPONENT_RESET",
+    5: "CONTACT_SUPPORT",
+    15: "RESTART_VM",
+    24: "RESTART_BM",
+}
+
+
+def row_uuid(doc_id: str) -> uuid.UUID:
+    """The row id the schema derives from a document's ``_id``, computed here on its own:
+    the ``_id`` itself when it is a UUID, else the UUID md5('nvsentinel:' || _id)."""
+    if UUID_TEXT.fullmatch(doc_id):
+        return uuid.UUID(doc_id)
+    return uuid.UUID(hashlib.md5(f"nvsentinel:{doc_id}".encode()).hexdigest())
+
+
 def stored(database: PostgresDatabase, table: str) -> dict[str, Any]:
-    return {str(r[0]): r[1] for r in query(database, f"SELECT id, document FROM {table}")}
+    """The table's documents by their ``_id`` text; every row's id is derived from it."""
+    rows = query(database, f"SELECT id, document ->> '_id', document FROM {table}")
+    for row_id, doc_id, _ in rows:
+        assert row_id == row_uuid(doc_id), (table, row_id, doc_id)
+    return {str(r[1]): r[2] for r in rows}
 
 
 def changelog_count(database: PostgresDatabase) -> int:
@@ -125,13 +151,17 @@ def test_import_keeps_ids_documents_and_extracted_columns_from_relaxed_and_canon
             want = expected_json(doc)
             assert json_equal(rows[str(doc["_id"])], want), (rows[str(doc["_id"])], want)
 
+    # Our typed columns and NVSentinel's, both filled from the imported documents
+    # (NVSentinel's services query theirs).
     columns = {
         str(r[0]): r[1:]
         for r in query(
             schema_database,
-            "SELECT id, node_name, check_name, is_fatal, recommended_action, created_at, "
-            "event_timestamp, quarantine_status, eviction_status, fault_remediated, "
-            "last_remediation_at FROM health_events",
+            "SELECT document ->> '_id', node_name, check_name, is_fatal, recommended_action_code, "
+            "created_at, event_timestamp, quarantine_status, eviction_status, remediated, "
+            "last_remediation_at, event_type, severity, recommended_action, node_quarantined, "
+            "user_pods_eviction_status, fault_remediated, last_remediation_timestamp "
+            "FROM health_events",
         )
     }
     for doc in exported["health_events"]:
@@ -148,24 +178,42 @@ def test_import_keeps_ids_documents_and_extracted_columns_from_relaxed_and_canon
             st["userpodsevictionstatus"]["status"] or None,
             st["faultremediated"],
             st["lastremediationtimestamp"],
+            he["checkname"],
+            he["componentclass"],
+            ACTION_NAMES[he["recommendedaction"]],
+            st["nodequarantined"],
+            st["userpodsevictionstatus"]["status"] or "NotStarted",
+            st["faultremediated"],
+            st["lastremediationtimestamp"],
         )
     maintenance = {
         str(r[0]): r[1:]
         for r in query(
             schema_database,
-            "SELECT id, event_id, csp, node_name, status, scheduled_start_time, actual_end_time, "
-            "event_received_at FROM maintenance_events",
+            "SELECT document ->> '_id', event_id, csp, cluster_name, node_name, status, "
+            "csp_status, scheduled_start_time, actual_end_time, event_received_timestamp, "
+            "last_updated_timestamp, resource_type, resource_id, maintenance_type, "
+            "recommended_action, scheduled_end_time, actual_start_time FROM maintenance_events",
         )
     }
     for doc in exported["maintenance_events"]:
         assert maintenance[str(doc["_id"])] == (
             doc["eventId"],
             doc["csp"],
+            doc["clusterName"],
             doc["nodeName"],
             doc["status"],
+            doc["cspStatus"],
             doc["scheduledStartTime"],
             doc.get("actualEndTime"),
             doc["eventReceivedTimestamp"],
+            doc["lastUpdatedTimestamp"],
+            doc["resourceType"],
+            doc["resourceId"],
+            doc["maintenanceType"],
+            doc["recommendedAction"],
+            doc["scheduledEndTime"],
+            doc.get("actualStartTime"),
         )
 
 
@@ -205,12 +253,16 @@ def test_import_wakes_no_consumer_and_leaves_change_capture_on(
     assert "without change events" in out
     assert changelog_count(schema_database) == 0
 
+    # Every trigger of the event tables is on again, NVSentinel's change log
+    # triggers (the ones the import disables) included.
     enabled = query(
         schema_database,
-        "SELECT tgname::text, tgenabled::text FROM pg_trigger WHERE tgname LIKE '%capture%' "
-        "ORDER BY 1",
+        "SELECT tgname::text, tgenabled::text FROM pg_trigger "
+        "WHERE tgrelid IN ('health_events'::regclass, 'maintenance_events'::regclass) "
+        "AND NOT tgisinternal ORDER BY 1",
     )
-    assert enabled and all(state == "O" for _, state in enabled), enabled
+    assert {"health_events_changes", "maintenance_events_changes"} <= {t for t, _ in enabled}
+    assert all(state == "O" for _, state in enabled), enabled
 
     live_id = events.insert_one({"healthevent": {"nodename": "gpu-node-after-import"}})
     with events.watch(client_name="fault-quarantine", options=options) as stream:
@@ -237,9 +289,10 @@ def test_capture_changes_imports_as_the_application_and_each_document_is_an_inse
     assert code == 0, out + err
     rows = query(
         schema_database,
-        "SELECT collection, operation, count(*) FROM datastore_changelog GROUP BY 1, 2 ORDER BY 1",
+        "SELECT table_name::text, operation::text, count(*) FROM datastore_changelog "
+        "GROUP BY 1, 2 ORDER BY 1",
     )
-    assert rows == [("health_events", "insert", 300), ("maintenance_events", "insert", 60)]
+    assert rows == [("health_events", "INSERT", 300), ("maintenance_events", "INSERT", 60)]
 
 
 def test_bad_documents_go_to_the_rejects_file_with_line_numbers_and_the_rest_imports(
@@ -259,28 +312,41 @@ def test_bad_documents_go_to_the_rejects_file_with_line_numbers_and_the_rest_imp
             '"healthevent":{"nodename":"n1"}}',
             "outside the years",
         ),
-        # Passes the checks; PostgreSQL refuses the date when extracting created_at.
+        # Passes the checks; PostgreSQL refuses it (jsonb has no lone surrogates).
         10: (
-            '{"_id":"feb30","createdAt":"2026-02-30T00:00:00Z","healthevent":{"nodename":"n1"}}',
+            '{"_id":"surrogate","healthevent":{"nodename":"n1","message":"\\ud800"}}',
             "refused by PostgreSQL",
         ),
         11: ('{"healthevent":{"nodename":"n1"}}', "missing _id"),
     }
+    # Changed on purpose with NVSentinel's schema (0002): an impossible date no
+    # longer fails the write, it is read as no date. The document is imported
+    # exactly as written and its created_at is the time of the import.
+    feb30 = '{"_id":"feb30","createdAt":"2026-02-30T00:00:00Z","healthevent":{"nodename":"n1"}}'
     body: list[str] = []
     it = iter(lines)
     for number in range(1, 13):
         body.append(bad[number][0] if number in bad else next(it))
+    body.append(feb30)  # line 13
     source = export_dir / "health_events-2026-03.json"
     source.write_text("\n".join(body) + "\n", encoding="utf-8")
     rejects = export_dir / "rejects.ndjson"
 
+    started = query(schema_database, "SELECT now()")[0][0]
     code, out, err = run(
         schema_database, "--from-files", str(source), "--rejects", str(rejects), "--verify"
     )
+    finished = query(schema_database, "SELECT now()")[0][0]
 
     assert code == 1, out + err
-    assert summary(out)["health_events"] == ["12", "6", "0", "6", "6"], out
-    assert set(stored(schema_database, "health_events")) == {str(d["_id"]) for d in good}
+    assert summary(out)["health_events"] == ["13", "7", "0", "6", "7"], out
+    documents_stored = stored(schema_database, "health_events")
+    assert set(documents_stored) == {str(d["_id"]) for d in good} | {"feb30"}
+    assert documents_stored["feb30"] == json.loads(feb30)
+    created_at = query(
+        schema_database, "SELECT created_at FROM health_events WHERE document ->> '_id' = 'feb30'"
+    )[0][0]
+    assert started <= created_at <= finished
     written = [json.loads(line) for line in rejects.read_text().splitlines()]
     lines_of = [int(r["where"].rsplit(":", 1)[1]) for r in written]
     assert sorted(lines_of) == sorted(bad)
@@ -345,7 +411,7 @@ def test_verify_passes_after_import_and_names_a_stored_document_that_differs(
     query(
         schema_database,
         "UPDATE health_events SET document = jsonb_set(document, "
-        "'{healthevent,nodename}', '\"gpu-node-tampered\"') WHERE id = %s",
+        "'{healthevent,nodename}', '\"gpu-node-tampered\"') WHERE document ->> '_id' = %s",
         str(victim["_id"]),
     )
     code, out, err = run(
@@ -365,7 +431,7 @@ def test_dry_run_verify_checks_without_writing_and_names_a_missing_document(
 ) -> None:
     assert run(schema_database, "--from-files", str(export_dir))[0] == 0
     gone = str(exported["maintenance_events"][3]["_id"])
-    query(schema_database, "DELETE FROM maintenance_events WHERE id = %s", gone)
+    query(schema_database, "DELETE FROM maintenance_events WHERE document ->> '_id' = %s", gone)
 
     code, out, err = run(schema_database, "--from-files", str(export_dir), "--dry-run", "--verify")
 
@@ -447,7 +513,9 @@ def test_literal_mongoexport_lines_of_every_extended_json_type(
         },
     }
     assert rows["legacy-1"]["createdAt"] == "2026-03-01T10:00:00.500000Z"
-    created = dict(query(schema_database, "SELECT id, created_at FROM health_events"))
+    created = dict(
+        query(schema_database, "SELECT document ->> '_id', created_at FROM health_events")
+    )
     assert created[uid] == datetime(2026, 3, 1, 10, 0, 0, 123000, tzinfo=UTC)
     assert created["legacy-1"] == datetime(2026, 3, 1, 10, 0, 0, 500000, tzinfo=UTC)
 
@@ -646,9 +714,11 @@ def test_a_service_write_during_an_import_batch_waits_for_it_and_is_captured(
 
     assert code == 0, out + err
     changes = query(
-        schema_database, "SELECT collection, operation, document_id FROM datastore_changelog"
+        schema_database,
+        "SELECT table_name::text, operation::text, record_id, new_values -> 'document' ->> '_id' "
+        "FROM datastore_changelog",
     )
-    assert changes == [("health_events", "insert", live["id"])]
+    assert changes == [("health_events", "INSERT", row_uuid(live["id"]), live["id"])]
     assert len(stored(schema_database, "health_events")) == 301
 
 

@@ -150,7 +150,7 @@ AS $$
             WHEN '6' THEN 'RUN_FIELDDIAG' WHEN '15' THEN 'RESTART_VM' WHEN '24' THEN 'RESTART_BM'
             WHEN '25' THEN 'REPLACE_VM' WHEN '26' THEN 'RUN_DCGMEUD' WHEN '27' THEN 'CUSTOM'
             WHEN '39' THEN 'RESTART_APP' WHEN '99' THEN 'UNKNOWN'
-            ELSE v #>> '{}' END
+            ELSE left(v #>> '{}', 100) END
     END
 $$;
 
@@ -170,6 +170,15 @@ AS $$
       FROM (SELECT CASE WHEN jsonb_typeof(v -> '$oid') = 'string' THEN v ->> '$oid'
                         ELSE nvsentinel_json_text(v) END AS t) AS id
 $$;
+
+-- NVSentinel's generic InsertMany (documents other than health events with
+-- status) writes `INSERT INTO <table> (data) VALUES ($1) RETURNING id`, a
+-- column its own schema lacks. Here `data` exists, and the extraction trigger
+-- moves what is written there into `document`, so it is always NULL when
+-- stored. (Its generic upsert, ON CONFLICT ((data->>'_id')), stays unsupported:
+-- it needs a unique index on a column that never holds a value.)
+ALTER TABLE health_events ADD COLUMN data jsonb;
+ALTER TABLE maintenance_events ADD COLUMN data jsonb;
 
 -- Our columns. version and change_position_txid start at 1 and 0 for rows
 -- that already exist (constant defaults: no table rewrite); new rows get
@@ -326,6 +335,10 @@ DECLARE
     theirs record;
     doc_id uuid;
 BEGIN
+    IF NEW.data IS NOT NULL THEN
+        NEW.document := NEW.data;
+        NEW.data := NULL;
+    END IF;
     doc_id := nvsentinel_document_uuid(NEW.document -> '_id');
     IF TG_OP = 'INSERT' THEN
         -- A document with an `_id` decides its row's id (the column default
@@ -411,6 +424,10 @@ DECLARE
     theirs record;
     doc_id uuid;
 BEGIN
+    IF NEW.data IS NOT NULL THEN
+        NEW.document := NEW.data;
+        NEW.data := NULL;
+    END IF;
     doc_id := nvsentinel_document_uuid(NEW.document -> '_id');
     IF TG_OP = 'INSERT' THEN
         -- A document with an `_id` decides its row's id (the column default

@@ -21,9 +21,11 @@
 --   SELECT * FROM datastore_adopt_restore();
 --
 -- which rebases every position into this server's transaction ids, keeping
--- their order (each consumer resumes exactly where its stored token was) and
--- draws a new epoch, so tokens handed out before the restore are refused
--- instead of misread. See docs/backup-restore.md.
+-- the change ids (NVSentinel's resume tokens name them): each consumer resumes
+-- just before the first change it had not passed, never after one (it may see
+-- again a change it had passed), and gets every change written on this server
+-- before the adoption. It draws a new epoch, so tokens handed out before the
+-- restore are refused instead of misread. See docs/backup-restore.md.
 
 CREATE TABLE datastore_epoch (
     singleton          boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -54,6 +56,8 @@ DECLARE
     n_changes pg_catalog.int8;
     n_consumers pg_catalog.int8;
     new_epoch pg_catalog.int8;
+    restored_age pg_catalog.int4;
+    restored_max_id pg_catalog.int8;
 BEGIN
     SELECT s.system_identifier INTO here FROM pg_catalog.pg_control_system() AS s;
     PERFORM 1 FROM public.datastore_epoch AS e WHERE e.system_identifier = here;
@@ -69,21 +73,44 @@ BEGIN
     -- Every rebased position is this transaction's id: below every later
     -- transaction's, and final once this one commits. Change ids stay as they
     -- are (NVSentinel's resume tokens name them), so the order inside the
-    -- restored history becomes id order. A consumer resumes just before the
-    -- first change it had not passed: never after a change it missed, at the
-    -- cost of seeing again the changes of transactions that committed out of
-    -- id order around its position.
+    -- history becomes id order. A consumer resumes just before the first
+    -- change it had not passed: never after a change it missed, at the cost of
+    -- seeing again the changes of transactions that committed out of id order
+    -- around its position.
+    --
+    -- Changes written on this server since the restore (before this adoption)
+    -- have ids above every restored one (the id sequence comes with the dump),
+    -- but their positions are this server's transaction ids, which cannot be
+    -- compared with a consumer's old position: no consumer has passed them.
+    -- They are the changes above the highest id of a change pg_restore wrote:
+    -- rows not younger than the restored datastore_epoch row (one transaction
+    -- with --single-transaction, as documented). A restored change updated
+    -- since (NVSentinel's processed flag) is younger, and when its id is above
+    -- that highest one it counts as new: seen again, never skipped.
+    --
+    -- A consumer's new change id: one below the first (lowest id) of its
+    -- collection's changes that it had not passed, by old position or as new.
+    -- When there is none, the highest id it may stand on: its own, the
+    -- collection's highest, or the pruned frontier's (a consumer that had not
+    -- lost history stays at or above the new frontier set below).
     p := pg_catalog.pg_current_xact_id();
+    SELECT pg_catalog.age(e.xmin) INTO restored_age FROM public.datastore_epoch AS e;
+    SELECT pg_catalog.max(l.id) INTO restored_max_id FROM public.datastore_changelog AS l
+     WHERE pg_catalog.age(l.xmin) >= restored_age;
 
     UPDATE public.datastore_consumer_positions AS t
        SET position_txid = CASE WHEN m.lost THEN '0'::pg_catalog.xid8 ELSE p END,
            change_id = CASE WHEN m.lost THEN 0 ELSE m.resume_after END
       FROM (
           SELECT t2.client_owner, t2.client_name, t2.collection,
-                 coalesce((SELECT pg_catalog.min(l.id) - 1 FROM public.datastore_changelog AS l
-                            WHERE l.table_name = t2.collection
-                              AND (l.position_txid, l.id) > (t2.position_txid, t2.change_id)),
-                          (SELECT coalesce(pg_catalog.max(l.id), 0) FROM public.datastore_changelog AS l))
+                 coalesce(
+                     (SELECT pg_catalog.min(l.id) - 1 FROM public.datastore_changelog AS l
+                       WHERE l.table_name = t2.collection
+                         AND ((l.position_txid, l.id) > (t2.position_txid, t2.change_id)
+                              OR l.id > coalesce(restored_max_id, 0))),
+                     greatest(t2.change_id, f.id,
+                              (SELECT pg_catalog.max(l.id) FROM public.datastore_changelog AS l
+                                WHERE l.table_name = t2.collection)))
                      AS resume_after,
                  coalesce((t2.position_txid, t2.change_id) < (f.position_txid, f.id), false) AS lost
             FROM public.datastore_consumer_positions AS t2
