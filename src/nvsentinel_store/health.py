@@ -30,10 +30,10 @@ import psycopg
 from nvsentinel_store import migrations
 from nvsentinel_store.errors import MigrationError, StoreError
 
-#: Triggers the migrations create: table -> trigger names.
 #: The event tables, whose names are also the change streams' collections.
 EVENT_TABLES: Final = ("health_events", "maintenance_events")
 
+#: Triggers the migrations create: table -> trigger names.
 EXPECTED_TRIGGERS: Final[dict[str, tuple[str, ...]]] = {
     # NVSentinel's change log trigger (0001) and our extraction (0002).
     **{table: (f"{table}_changes", f"{table}_extract") for table in EVENT_TABLES},

@@ -61,10 +61,10 @@ SELECT to_regclass('schema_migrations') IS NOT NULL
 PRE_RELEASE_MESSAGE: Final = (
     "this database was set up by a pre-release of the nvsentinel chart (its table "
     "schema_migrations records 0001_event_tables.sql); that layout has text ids and "
-    "another change log and cannot be migrated in place: export its documents "
-    "(pg_dump --data-only -t health_events -t maintenance_events, or mongoexport from "
-    "the original MongoDB), create a new database and import them with "
-    "'nvsentinel-store migrate'"
+    "another change log and cannot be migrated in place: export the documents, one JSON "
+    "object a line (psql -AtX -c 'SELECT document FROM health_events' > health_events.json, "
+    "the same for maintenance_events), create a new database and import them with "
+    "'nvsentinel-store migrate' (docs/migration.md)"
 )
 
 CREATE_TABLE_SQL: Final = """

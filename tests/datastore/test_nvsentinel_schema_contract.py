@@ -221,12 +221,8 @@ def test_our_migrations_on_an_nvsentinel_database_keep_every_row_and_stream_new_
             "FROM health_events WHERE id = %s",
             (ids[0],),
         ).fetchone()
-        resource = conn.execute(
-            "SELECT resource_type FROM maintenance_events WHERE event_id = 'm-1'"
-        ).fetchone()
     # NVSentinel's columns as it wrote them; ours filled from the documents.
     assert extracted == ("node-0", None, "gpu-health-monitor", True, "InProgress")
-    assert resource == ("vm",)
 
     with PostgresStore(db.conninfo(user=APP_USER), db.name, StoreOptions(max_pool_size=2)) as store:
         events = store.collection("health_events")
@@ -245,6 +241,8 @@ def test_our_migrations_on_an_nvsentinel_database_keep_every_row_and_stream_new_
         assert (second["operationType"], second["documentKey"]["_id"]) == ("update", ids[1])
         assert second["documentVersion"] == 2
         assert events.find_one({"_id": ids[1]}) is not None
+        maintenance = store.collection("maintenance_events").find_one({"resourceType": "vm"})
+        assert maintenance is not None and maintenance["eventId"] == "m-1"
         stream.close()
 
 
@@ -299,3 +297,40 @@ def test_a_database_of_the_pre_release_layout_is_refused_with_what_to_do(
             "to_regclass('nvsentinel_store_migrations')"
         ).fetchone()
     assert untouched == (None, None)
+
+
+#: maintenance_events as NVSentinel's files create it.
+NVSENTINEL_MAINTENANCE_COLUMNS = {
+    "id",
+    "event_id",
+    "csp",
+    "cluster_name",
+    "node_name",
+    "status",
+    "csp_status",
+    "scheduled_start_time",
+    "actual_end_time",
+    "event_received_timestamp",
+    "last_updated_timestamp",
+    "document",
+    "created_at",
+    "updated_at",
+}
+
+
+def test_nvsentinel_maintenance_watchers_see_no_column_of_ours(
+    schema_database: PostgresDatabase, store: PostgresStore
+) -> None:
+    """NVSentinel's watchers hand out whole maintenance_events rows as documents."""
+    events = store.collection("maintenance_events")
+    events.insert_one({"eventId": "m-watch", "csp": "gcp", "status": "DETECTED"})
+    events.update_one({"eventId": "m-watch"}, {"$set": {"status": "MAINTENANCE_ONGOING"}})
+    with psycopg.connect(schema_database.conninfo(user=APP_USER)) as conn:
+        rows = conn.execute(
+            "SELECT operation, old_values, new_values FROM datastore_changelog "
+            "WHERE table_name = 'maintenance_events' ORDER BY id"
+        ).fetchall()
+    assert [r[0] for r in rows] == ["INSERT", "UPDATE"]
+    for _, old, new in rows:
+        for row in (old, new):
+            assert row is None or set(row) == NVSENTINEL_MAINTENANCE_COLUMNS

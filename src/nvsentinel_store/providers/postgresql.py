@@ -235,7 +235,7 @@ class PostgresCollection:
         if not isinstance(doc, dict):
             raise QueryError("a document must be a mapping")
         if doc.get("_id") is None:
-            # As the trigger does: maintenance events are keyed by their eventId.
+            # Maintenance events are keyed by their eventId (a re-run finds them).
             natural = [doc.get(k) for k in _NATURAL_KEYS.get(self._name, ())]
             keys = [k for k in natural if isinstance(k, str) and k]
             doc["_id"] = keys[0] if keys else str(uuid.uuid4())

@@ -79,19 +79,14 @@ HEALTH_EVENT_COLUMNS: Final[Mapping[str, Column]] = {
 }
 
 MAINTENANCE_EVENT_COLUMNS: Final[Mapping[str, Column]] = {
-    # NVSentinel's columns that its upsert writes from the same document
-    # (status and the times can be changed by column-only updates: document).
+    # NVSentinel's columns that its upsert writes from the same document (status
+    # and the times can be changed by column-only updates: those stay on the
+    # document). maintenance_events has no columns of ours: NVSentinel's
+    # watchers hand out its whole rows.
     "eventid": Column("event_id", "text", max_length=255),
     "csp": Column("csp", "text", empty_is_null=True, max_length=50),
     "clustername": Column("cluster_name", "text", empty_is_null=True, max_length=255),
     "nodename": Column("node_name", "text", max_length=255),
-    # Ours.
-    "resourcetype": Column("resource_type", "text"),
-    "resourceid": Column("resource_id", "text"),
-    "maintenancetype": Column("maintenance_type", "text"),
-    "recommendedaction": Column("recommended_action", "text"),
-    "scheduledendtime": Column("scheduled_end_time", "timestamptz"),
-    "actualstarttime": Column("actual_start_time", "timestamptz"),
 }
 
 TABLE_COLUMNS: Final[Mapping[str, Mapping[str, Column]]] = {

@@ -84,7 +84,7 @@ SELECT to_regclass('schema_migrations') IS NOT NULL
    AND EXISTS (SELECT 1 FROM pg_attribute
                 WHERE attrelid = to_regclass('schema_migrations') AND attname = 'checksum') AS pre_release \\gset
 \\if :pre_release
-DO \$m\$ BEGIN RAISE EXCEPTION 'this database was set up by a pre-release of the nvsentinel chart (its table schema_migrations records 0001_event_tables.sql); that layout has text ids and another change log and cannot be migrated in place: export its documents, create a new database and import them with nvsentinel-store migrate'; END \$m\$;
+DO \$m\$ BEGIN RAISE EXCEPTION 'this database was set up by a pre-release of the nvsentinel chart (its table schema_migrations records 0001_event_tables.sql); that layout has text ids and another change log and cannot be migrated in place: export the documents, one JSON object a line (psql -AtX -c ''SELECT document FROM health_events'' > health_events.json, the same for maintenance_events), create a new database and import them with nvsentinel-store migrate (docs/migration.md)'; END \$m\$;
 \\endif
 CREATE TABLE IF NOT EXISTS $HISTORY_TABLE (
     version integer PRIMARY KEY,

@@ -296,7 +296,7 @@ ON CONFLICT (version) DO NOTHING;
 -- NVSentinel builds it CONCURRENTLY outside a transaction; here the table is
 -- either new (the build is instant) or already has the index from NVSentinel's
 -- own 00003. A database at version 2 with many events: apply NVSentinel's
--- 00003 first, then this chart's migrations (docs/postgresql-schema.md).
+-- 00003 first, then this chart's migrations (docs/nvsentinel-compatibility.md).
 CREATE UNIQUE INDEX IF NOT EXISTS healthevent_idempotency_key_unique
     ON health_events ((document #>> '{healthevent,metadata,idempotencyKey}'))
     WHERE (document #>> '{healthevent,metadata,idempotencyKey}') IS NOT NULL;

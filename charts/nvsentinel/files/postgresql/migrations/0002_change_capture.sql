@@ -13,12 +13,15 @@
 -- src/nvsentinel_store/changestream.py for the argument):
 --   position_txid  the writing transaction's id, or the document's previous
 --                  position if that is higher, so that one document's changes
---                  are in version order. The event tables carry it in
---                  change_position_txid (set under the row lock by the
---                  extraction trigger below); log_table_changes copies the row
---                  into new_values/old_values, and the trigger
---                  datastore_changelog_position takes it from there.
---   version        per document: 1 on insert, +1 on every update.
+--                  are in version order.
+--   version        per document: 1 on insert, +1 on every update (the
+--                  version deleted, for a delete).
+-- Both come from datastore_document_versions, one row per document, which
+-- the trigger datastore_changelog_position reads and advances under the
+-- document's row lock (log_table_changes runs while the writer holds it).
+-- They live there, not in the event tables, because NVSentinel's watchers hand
+-- out whole rows of maintenance_events as documents: a column of ours there
+-- would show in their change events.
 --   replaced       an UPDATE that replaced the whole document (a writer says so
 --                  with SET LOCAL nvsentinel.change_operation = 'replace').
 --
@@ -31,19 +34,24 @@
 -- datastore_changelog_pruned: a stream resuming below it has lost history and
 -- says so rather than skipping changes silently.
 --
--- Typed extraction. The event tables get typed columns of our own for the
+-- Typed extraction. health_events gets typed columns of our own for the
 -- queries this project serves (agent, is_fatal, ...), filled from the document
--- by a BEFORE trigger. NVSentinel's own columns (node_name, node_quarantined,
--- ...) are NVSentinel's to write: the trigger fills them from the document only
--- on a document-only write, which NVSentinel's statements never are (they name
--- node_name / event_id when they insert and set updated_at when they update):
+-- by a BEFORE trigger (NVSentinel's watchers read only the document of a
+-- health event, never these). maintenance_events gets none: NVSentinel's
+-- columns and the document serve its queries. NVSentinel's own columns
+-- (node_name, node_quarantined, ...) are NVSentinel's to write: the trigger
+-- fills them from the document only on a document-only write, which
+-- NVSentinel's statements never are (they name node_name / event_id when they
+-- insert and set updated_at when they update):
 --   INSERT  health_events without node_name, maintenance_events without
 --           event_id: every typed column from the document.
 --   UPDATE  that changes only the document: every typed column from the new
 --           document, updated_at = now().
 -- Otherwise only our own columns follow the document, and only when the
 -- writer changed the document: a column-only UPDATE (SET status = ...) stays
--- exactly as written.
+-- exactly as written. One exception: health_events.created_at is taken from
+-- the document's createdAt on every insert, NVSentinel's too: its inserts never
+-- name created_at, so its default only stands in for the document's time.
 --
 -- Both key spellings are read everywhere: the lower-case one of the Go BSON
 -- driver (`nodename`) and the camelCase one of Go's JSON encoding (`nodeName`).
@@ -172,20 +180,15 @@ AS $$
 $$;
 
 -- NVSentinel's generic InsertMany (documents other than health events with
--- status) writes `INSERT INTO <table> (data) VALUES ($1) RETURNING id`, a
+-- status) writes `INSERT INTO health_events (data) VALUES ($1) RETURNING id`, a
 -- column its own schema lacks. Here `data` exists, and the extraction trigger
 -- moves what is written there into `document`, so it is always NULL when
 -- stored. (Its generic upsert, ON CONFLICT ((data->>'_id')), stays unsupported:
 -- it needs a unique index on a column that never holds a value.)
 ALTER TABLE health_events ADD COLUMN data jsonb;
-ALTER TABLE maintenance_events ADD COLUMN data jsonb;
 
--- Our columns. version and change_position_txid start at 1 and 0 for rows
--- that already exist (constant defaults: no table rewrite); new rows get
--- theirs from the extraction trigger.
+-- Our columns of health_events (filled for existing rows below).
 ALTER TABLE health_events
-    ADD COLUMN version bigint NOT NULL DEFAULT 1,
-    ADD COLUMN change_position_txid xid8 NOT NULL DEFAULT '0',
     ADD COLUMN agent text,
     ADD COLUMN component_class text,
     ADD COLUMN check_name text,
@@ -198,18 +201,6 @@ ALTER TABLE health_events
     ADD COLUMN eviction_status text,
     ADD COLUMN remediated boolean,
     ADD COLUMN last_remediation_at timestamptz;
-ALTER TABLE health_events ALTER COLUMN change_position_txid SET DEFAULT pg_current_xact_id();
-
-ALTER TABLE maintenance_events
-    ADD COLUMN version bigint NOT NULL DEFAULT 1,
-    ADD COLUMN change_position_txid xid8 NOT NULL DEFAULT '0',
-    ADD COLUMN resource_type text,
-    ADD COLUMN resource_id text,
-    ADD COLUMN maintenance_type text,
-    ADD COLUMN recommended_action text,
-    ADD COLUMN scheduled_end_time timestamptz,
-    ADD COLUMN actual_start_time timestamptz;
-ALTER TABLE maintenance_events ALTER COLUMN change_position_txid SET DEFAULT pg_current_xact_id();
 
 -- The fields of a health event document, one function per owner of the columns.
 CREATE FUNCTION health_events_our_fields(
@@ -263,20 +254,6 @@ AS $$
            LATERAL (SELECT coalesce(e.st -> 'userpodsevictionstatus', e.st -> 'userPodsEvictionStatus') AS ev) AS v
 $$;
 
-CREATE FUNCTION maintenance_events_our_fields(
-    d jsonb,
-    OUT resource_type text, OUT resource_id text, OUT maintenance_type text,
-    OUT recommended_action text, OUT scheduled_end_time timestamptz, OUT actual_start_time timestamptz)
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$
-    SELECT nvsentinel_json_text(coalesce(d -> 'resourceType', d -> 'resourcetype')),
-           nvsentinel_json_text(coalesce(d -> 'resourceId', d -> 'resourceid')),
-           nvsentinel_json_text(coalesce(d -> 'maintenanceType', d -> 'maintenancetype')),
-           nvsentinel_json_text(coalesce(d -> 'recommendedAction', d -> 'recommendedaction')),
-           nvsentinel_json_timestamptz(coalesce(d -> 'scheduledEndTime', d -> 'scheduledendtime')),
-           nvsentinel_json_timestamptz(coalesce(d -> 'actualStartTime', d -> 'actualstarttime'))
-$$;
-
 CREATE FUNCTION maintenance_events_nvsentinel_fields(
     d jsonb,
     OUT event_id text, OUT csp text, OUT cluster_name text, OUT node_name text, OUT status text,
@@ -298,29 +275,19 @@ AS $$
            nvsentinel_json_timestamptz(coalesce(d -> 'createdAt', d -> 'createdat'))
 $$;
 
--- The id and change position of a written row; true when the caller should
--- go on to extraction (the document is new or changed).
-CREATE FUNCTION nvsentinel_stamp_row(op text, new_id uuid, old_id uuid, old_version bigint,
-                                     old_position xid8, new_document jsonb, old_document jsonb,
-                                     OUT version bigint, OUT position_txid xid8, OUT extract_fields boolean)
+-- Refuse what no document may be: a non-object, or a changed `_id`.
+CREATE FUNCTION nvsentinel_check_document(op text, new_id uuid, old_id uuid, doc_id uuid,
+                                          new_document jsonb)
+RETURNS void
 LANGUAGE plpgsql
 AS $$
 BEGIN
     IF new_document IS NULL OR jsonb_typeof(new_document) <> 'object' THEN
         RAISE EXCEPTION 'document must be a JSON object' USING ERRCODE = 'check_violation';
     END IF;
-    IF op = 'UPDATE' THEN
-        IF new_id IS DISTINCT FROM old_id THEN
-            RAISE EXCEPTION 'the id of a document is immutable (was %)', old_id
-                USING ERRCODE = 'check_violation';
-        END IF;
-        version := old_version + 1;
-        position_txid := greatest(pg_current_xact_id(), old_position);
-        extract_fields := new_document IS DISTINCT FROM old_document;
-    ELSE
-        version := 1;
-        position_txid := pg_current_xact_id();
-        extract_fields := true;
+    IF (op = 'UPDATE' AND new_id IS DISTINCT FROM old_id) OR doc_id <> new_id THEN
+        RAISE EXCEPTION 'the _id of a document is immutable (row %, document _id %)',
+            coalesce(old_id, new_id), new_document -> '_id' USING ERRCODE = 'check_violation';
     END IF;
 END
 $$;
@@ -330,7 +297,6 @@ RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    stamp record;
     ours record;
     theirs record;
     doc_id uuid;
@@ -344,19 +310,12 @@ BEGIN
         -- A document with an `_id` decides its row's id (the column default
         -- has already drawn one by now; NVSentinel's documents have no `_id`).
         NEW.id := coalesce(doc_id, NEW.id, uuid_generate_v4());
-        SELECT * INTO stamp FROM nvsentinel_stamp_row(TG_OP, NEW.id, NULL, NULL, NULL, NEW.document, NULL);
+        PERFORM nvsentinel_check_document(TG_OP, NEW.id, NULL, doc_id, NEW.document);
     ELSE
-        SELECT * INTO stamp FROM nvsentinel_stamp_row(TG_OP, NEW.id, OLD.id, OLD.version,
-                                                      OLD.change_position_txid, NEW.document, OLD.document);
-    END IF;
-    IF doc_id <> NEW.id THEN
-        RAISE EXCEPTION 'the _id of a document is immutable (row %, document _id %)',
-            NEW.id, NEW.document -> '_id' USING ERRCODE = 'check_violation';
-    END IF;
-    NEW.version := stamp.version;
-    NEW.change_position_txid := stamp.position_txid;
-    IF NOT stamp.extract_fields THEN
-        RETURN NEW;
+        PERFORM nvsentinel_check_document(TG_OP, NEW.id, OLD.id, doc_id, NEW.document);
+        IF NEW.document IS NOT DISTINCT FROM OLD.document THEN
+            RETURN NEW;
+        END IF;
     END IF;
 
     SELECT * INTO ours FROM health_events_our_fields(NEW.document);
@@ -419,42 +378,19 @@ RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    stamp record;
-    ours record;
     theirs record;
     doc_id uuid;
 BEGIN
-    IF NEW.data IS NOT NULL THEN
-        NEW.document := NEW.data;
-        NEW.data := NULL;
-    END IF;
     doc_id := nvsentinel_document_uuid(NEW.document -> '_id');
     IF TG_OP = 'INSERT' THEN
-        -- A document with an `_id` decides its row's id (the column default
-        -- has already drawn one by now; NVSentinel's documents have no `_id`).
         NEW.id := coalesce(doc_id, NEW.id, uuid_generate_v4());
-        SELECT * INTO stamp FROM nvsentinel_stamp_row(TG_OP, NEW.id, NULL, NULL, NULL, NEW.document, NULL);
+        PERFORM nvsentinel_check_document(TG_OP, NEW.id, NULL, doc_id, NEW.document);
     ELSE
-        SELECT * INTO stamp FROM nvsentinel_stamp_row(TG_OP, NEW.id, OLD.id, OLD.version,
-                                                      OLD.change_position_txid, NEW.document, OLD.document);
+        PERFORM nvsentinel_check_document(TG_OP, NEW.id, OLD.id, doc_id, NEW.document);
+        IF NEW.document IS NOT DISTINCT FROM OLD.document THEN
+            RETURN NEW;
+        END IF;
     END IF;
-    IF doc_id <> NEW.id THEN
-        RAISE EXCEPTION 'the _id of a document is immutable (row %, document _id %)',
-            NEW.id, NEW.document -> '_id' USING ERRCODE = 'check_violation';
-    END IF;
-    NEW.version := stamp.version;
-    NEW.change_position_txid := stamp.position_txid;
-    IF NOT stamp.extract_fields THEN
-        RETURN NEW;
-    END IF;
-
-    SELECT * INTO ours FROM maintenance_events_our_fields(NEW.document);
-    NEW.resource_type := ours.resource_type;
-    NEW.resource_id := ours.resource_id;
-    NEW.maintenance_type := ours.maintenance_type;
-    NEW.recommended_action := ours.recommended_action;
-    NEW.scheduled_end_time := ours.scheduled_end_time;
-    NEW.actual_start_time := ours.actual_start_time;
 
     IF (TG_OP = 'INSERT' AND NEW.event_id IS NOT NULL)
        OR (TG_OP = 'UPDATE' AND (NEW.event_id, NEW.csp, NEW.cluster_name, NEW.node_name, NEW.status,
@@ -501,6 +437,8 @@ CREATE TRIGGER maintenance_events_extract
 
 -- Rows that exist already (a database NVSentinel's own files set up): our
 -- columns from their documents, without a change record or a notification.
+-- (The table is locked by ADD COLUMN above; DISABLE TRIGGER only while this
+-- transaction runs.)
 ALTER TABLE health_events DISABLE TRIGGER USER;
 UPDATE health_events AS h
    SET (agent, component_class, check_name, is_fatal, is_healthy, recommended_action_code,
@@ -511,14 +449,6 @@ UPDATE health_events AS h
                f.quarantine_status, f.eviction_status, f.remediated, f.last_remediation_at
           FROM health_events_our_fields(h.document) AS f);
 ALTER TABLE health_events ENABLE TRIGGER USER;
-ALTER TABLE maintenance_events DISABLE TRIGGER USER;
-UPDATE maintenance_events AS m
-   SET (resource_type, resource_id, maintenance_type, recommended_action, scheduled_end_time,
-        actual_start_time)
-     = (SELECT f.resource_type, f.resource_id, f.maintenance_type, f.recommended_action,
-               f.scheduled_end_time, f.actual_start_time
-          FROM maintenance_events_our_fields(m.document) AS f);
-ALTER TABLE maintenance_events ENABLE TRIGGER USER;
 
 -- Our indexes (NVSentinel's are in 0001).
 CREATE INDEX health_events_node_created_idx ON health_events (node_name, created_at DESC);
@@ -529,10 +459,6 @@ CREATE INDEX health_events_agent_check_idx ON health_events (agent, check_name, 
 CREATE INDEX health_events_fatal_idx ON health_events (created_at DESC) WHERE is_fatal;
 CREATE INDEX health_events_unremediated_idx ON health_events (node_name, created_at DESC)
     WHERE remediated IS NOT TRUE;
-CREATE INDEX maintenance_events_status_scheduled_start_idx
-    ON maintenance_events (status, scheduled_start_time);
-CREATE INDEX maintenance_events_status_actual_end_idx
-    ON maintenance_events (status, actual_end_time);
 
 -- The change log's positions. Rows from before this migration get position 0:
 -- they predate every stream of this project.
@@ -545,25 +471,56 @@ ALTER TABLE datastore_changelog ALTER COLUMN position_txid SET DEFAULT pg_curren
 COMMENT ON COLUMN datastore_changelog.position_txid IS
     'This project''s stream position (position_txid, id), read below pg_snapshot_xmin(pg_current_snapshot())';
 
+-- One row per document ever written: its current version and the position of
+-- its last change. Written only by datastore_changelog_position (SECURITY
+-- DEFINER), so no service can forge or move a document's position.
+CREATE TABLE datastore_document_versions (
+    table_name     text NOT NULL,
+    id             uuid NOT NULL,
+    version        bigint NOT NULL,
+    position_txid  xid8 NOT NULL,
+    PRIMARY KEY (table_name, id)
+);
+
+COMMENT ON TABLE datastore_document_versions IS
+    'Per document: version and position_txid of its last change (advanced by datastore_changelog_position)';
+
+-- Documents that exist already are at version 1, before every stream.
+INSERT INTO datastore_document_versions (table_name, id, version, position_txid)
+SELECT 'health_events', id, 1, '0'::xid8 FROM health_events
+UNION ALL
+SELECT 'maintenance_events', id, 1, '0'::xid8 FROM maintenance_events;
+
+-- Stamps a change row with its document's version and position. Runs inside
+-- log_table_changes, so the writer holds the document's row lock: the
+-- previous change of the document has committed (or is this transaction's),
+-- and its position is final. An insert starts at version 1 again (a document
+-- deleted and written anew), still positioned after its earlier changes.
 CREATE FUNCTION datastore_changelog_position()
 RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
-    written jsonb := CASE WHEN NEW.operation = 'DELETE' THEN NEW.old_values ELSE NEW.new_values END;
+    now_txid pg_catalog.xid8 := pg_catalog.pg_current_xact_id();
 BEGIN
-    IF pg_trigger_depth() < 2 THEN
+    IF pg_catalog.pg_trigger_depth() < 2 THEN
         RAISE EXCEPTION 'datastore_changelog is written by the change triggers of the event tables only'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    NEW.position_txid := greatest(pg_current_xact_id(),
-                                  coalesce((written ->> 'change_position_txid')::xid8, '0'));
-    NEW.version := (written ->> 'version')::bigint;
+    INSERT INTO public.datastore_document_versions AS v (table_name, id, version, position_txid)
+    VALUES (NEW.table_name, NEW.record_id, 1, now_txid)
+    ON CONFLICT ON CONSTRAINT datastore_document_versions_pkey DO UPDATE
+       SET version = CASE NEW.operation WHEN 'UPDATE' THEN v.version + 1
+                                        WHEN 'DELETE' THEN v.version ELSE 1 END,
+           position_txid = greatest(now_txid, v.position_txid)
+    RETURNING v.version, v.position_txid INTO NEW.version, NEW.position_txid;
     NEW.replaced := NEW.operation = 'UPDATE'
-        AND coalesce(current_setting('nvsentinel.change_operation', true), '') = 'replace';
+        AND coalesce(pg_catalog.current_setting('nvsentinel.change_operation', true), '') = 'replace';
     RETURN NEW;
 END
 $$;
+
+REVOKE ALL ON FUNCTION datastore_changelog_position() FROM PUBLIC;
 
 CREATE TRIGGER datastore_changelog_position
     BEFORE INSERT ON datastore_changelog

@@ -3,7 +3,7 @@
 -- Transactional: a new table, functions, a policy, GRANTs for monitoring.
 --
 -- Change positions (datastore_changelog.position_txid, datastore_consumer_positions,
--- datastore_changelog_pruned, the event tables' change_position_txid) are
+-- datastore_changelog_pruned, datastore_document_versions) are
 -- transaction ids (xid8) of the server that wrote them. pg_dump copies them as
 -- plain values; a server restored from the dump (a fresh initdb) has its own,
 -- unrelated transaction counter. Read there, an old position points into the
@@ -68,7 +68,7 @@ BEGIN
     END IF;
     LOCK TABLE public.health_events, public.maintenance_events, public.datastore_changelog,
                public.datastore_changelog_pruned, public.datastore_consumer_positions,
-               public.datastore_epoch
+               public.datastore_document_versions, public.datastore_epoch
         IN ACCESS EXCLUSIVE MODE;
     -- Every rebased position is this transaction's id: below every later
     -- transaction's, and final once this one commits. Change ids stay as they
@@ -129,13 +129,8 @@ BEGIN
                            WHERE l.table_name = f.collection), f.id);
 
     -- The next change of a restored document is positioned after p, not after
-    -- its old position. Plain column rewrite: no extraction, no change record.
-    ALTER TABLE public.health_events DISABLE TRIGGER USER;
-    ALTER TABLE public.maintenance_events DISABLE TRIGGER USER;
-    UPDATE public.health_events SET change_position_txid = p;
-    UPDATE public.maintenance_events SET change_position_txid = p;
-    ALTER TABLE public.health_events ENABLE TRIGGER USER;
-    ALTER TABLE public.maintenance_events ENABLE TRIGGER USER;
+    -- its old position.
+    UPDATE public.datastore_document_versions SET position_txid = p;
 
     new_epoch := 1 + pg_catalog.floor(pg_catalog.random() * 4503599627370495)::pg_catalog.int8;
     UPDATE public.datastore_epoch AS e
