@@ -35,12 +35,18 @@ type datastoreWatcher struct {
 }
 
 func (h *harness) startDatastoreWatcher(ctx context.Context, clientName string) (*datastoreWatcher, error) {
+	return h.startTableWatcher(ctx, clientName, healthEventsTable)
+}
+
+// startTableWatcher starts the HYBRID watcher of one table (the factory's
+// snake_case table name) and returns once its LISTEN session is up.
+func (h *harness) startTableWatcher(ctx context.Context, clientName, table string) (*datastoreWatcher, error) {
 	before, err := h.listenerPIDs(ctx)
 	if err != nil {
 		return nil, err
 	}
 
-	raw := pgprovider.NewPostgreSQLChangeStreamWatcher(h.db, clientName, healthEventsTable, h.connString,
+	raw := pgprovider.NewPostgreSQLChangeStreamWatcher(h.db, clientName, table, h.connString,
 		pgprovider.ModeHybrid)
 	watcher := pgprovider.NewPostgreSQLChangeStreamWatcherWithUnwrap(raw)
 

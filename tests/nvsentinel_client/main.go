@@ -21,6 +21,7 @@ import (
 const usageText = `Usage:
   nvsentinel-client-check list
   nvsentinel-client-check run [--cases NAME,NAME...] [--log-level LEVEL]
+  nvsentinel-client-check watch --table TABLE [--client-name NAME] [--seconds N] [--log-level LEVEL]
 
 list prints the case names, one a line, in the order run runs them.
 run runs the cases against the database named by the DATASTORE_* variables
@@ -31,6 +32,20 @@ whatever the cases report; 2 means a usage error.
   --cases      comma-separated subset of the cases (default: all)
   --log-level  level of NVSentinel's own slog output on stderr: debug, info,
                warn (default) or error
+
+watch runs NVSentinel's HYBRID change stream watcher (LISTEN nvsentinel_changes
+plus its fallback poll) on one table, as a service runs it, against the same
+DATASTORE_* database. It prints {"ready": true, ...} once the watcher's LISTEN
+session is up, then for each delivered event, after MarkProcessed with the
+event's resume token returned, {"change_id": ID, "record_id": UUID,
+"operation": OP}; it stops when stdin closes (so keep stdin open), at SIGTERM
+or SIGINT, or after --seconds, and prints {"stopped": true, "delivered": N,
+"reason": WHY} (with "error" and exit 1 if the watcher failed).
+
+  --table        health_events or maintenance_events
+  --client-name  the watcher's resume token name (default: a new name, so it
+                 starts from now)
+  --seconds      stop after this many seconds (default 0: no limit)
 `
 
 // errUsage marks errors that are the caller's mistake, which exit 2.
@@ -74,6 +89,8 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "run":
 		return runCommand(args[1:], stdout, stderr)
+	case "watch":
+		return watchCommand(args[1:], os.Stdin, stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usageText)
 		return nil
