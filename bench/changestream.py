@@ -3,7 +3,8 @@
 Starts its own PostgreSQL (the datastore tests' server: 127.0.0.1, TLS only,
 client certificates), measures
 
-1. write throughput with and without change capture at 1 and 8 clients,
+1. write throughput at 1 and 8 clients on NVSentinel's own schema, on ours,
+   and on ours with notifications off,
 2. events/s drained by one consumer from a pre-filled changelog,
 3. commit-to-delivery latency p50/p99 at 10, 100 and 1,000 events/s,
 4. lost changes of a naive ``id > last`` poller versus the change stream under
@@ -11,7 +12,7 @@ client certificates), measures
 
 prints progress on stderr and a Markdown report on stdout, optionally writes
 the report to a file, and stops the server at the end (also on errors and
-Ctrl-C). A full run takes about 4 minutes on 2 cores; ``--quick`` under a
+Ctrl-C). A full run takes about 5 minutes on 2 cores; ``--quick`` under a
 minute (a smoke run: numbers not comparable).
 """
 

@@ -55,7 +55,9 @@ def health_event(doc_id: str, rng: random.Random, now: float | None = None) -> d
                 {"entitytype": "PCI", "entityvalue": f"0000:{0x18 + gpu * 0x10:02x}:00.0"},
             ],
             "metadata": {
-                "idempotencyKey": f"{node}-{gpu}-{check}-{int(now * 1000)}",
+                # Unique per event, as the platform connector's keys are: NVSentinel's
+                # schema refuses a second event with the same key.
+                "idempotencyKey": f"{node}-{gpu}-{check}-{doc_id}",
                 "driverVersion": "550.54.15",
                 "gpuIndex": str(gpu),
             },
@@ -86,11 +88,12 @@ _MARKERS: Final = {
 }
 
 
-def _sql_template() -> str:
-    """The document as a ``format()`` template: %1$s id, %2$s node, %3$s gpu, ...
+def _template_document() -> dict[str, Any]:
+    """The document with markers for its variable parts (see :data:`_MARKERS`).
 
-    Check-specific fields come from :data:`CHECKS` (the first one); the
-    variable parts (id, node, GPU, time, GPU UUID) are format arguments.
+    Check-specific fields come from the check :func:`health_event` picks with
+    seed 0 (the same one on every run); the variable parts (id, node, GPU,
+    time, GPU UUID) become format arguments.
     """
     doc = health_event("@ID@", random.Random(0), 0.0)
     he = doc["healthevent"]
@@ -99,8 +102,13 @@ def _sql_template() -> str:
     he["nodename"] = "gpu-node-@NODE@"
     he["entitiesimpacted"][0]["entityvalue"] = "GPU-@UUID@"
     he["entitiesimpacted"][1]["entityvalue"] = "0000:@GPU@:00.0"
-    he["metadata"]["idempotencyKey"] = "@NODE@-@GPU@-@SECONDS@"
+    he["metadata"]["idempotencyKey"] = "@NODE@-@GPU@-@ID@"
     he["metadata"]["gpuIndex"] = "@GPU@"
+    return doc
+
+
+def _sql_template(doc: dict[str, Any]) -> str:
+    """The document as a ``format()`` template: %1$s id, %2$s node, %3$s gpu, ..."""
     text = json.dumps(doc, separators=(", ", ": ")).replace("%", "%%")
     text = text.replace('"@SECONDS@"', "@SECONDS@")
     for marker, arg in _MARKERS.items():
@@ -108,7 +116,29 @@ def _sql_template() -> str:
     return text.replace("'", "''")
 
 
-SQL_TEMPLATE: Final = _sql_template()
+_TEMPLATE_DOCUMENT: Final = _template_document()
+SQL_TEMPLATE: Final = _sql_template(_TEMPLATE_DOCUMENT)
+
+#: NVSentinel's RecommendedAction names of the numbers in :data:`CHECKS`.
+RECOMMENDED_ACTION_NAMES: Final = {
+    0: "NONE",
+    2: "COMPONENT_RESET",
+    5: "CONTACT_SUPPORT",
+    24: "RESTART_BM",
+}
+
+#: The columns the benchmark's inserts name, as NVSentinel's store-client does
+#: (``insertHealthEventRecord`` also names five status columns that are NULL for
+#: a new event, as their defaults are).
+NVSENTINEL_INSERT_COLUMNS: Final = (
+    "node_name",
+    "event_type",
+    "severity",
+    "recommended_action",
+    "node_quarantined",
+    "user_pods_eviction_status",
+    "document",
+)
 
 
 def sql_document(id_expr: str, node_expr: str, gpu_expr: str) -> str:
@@ -126,11 +156,50 @@ def sql_document(id_expr: str, node_expr: str, gpu_expr: str) -> str:
     )
 
 
-def quarantine_update_sql(id_expr: str, state_expr: str) -> str:
-    """An UPDATE that sets ``healtheventstatus.nodequarantined`` as fault-quarantine does."""
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'::text"
+
+
+def nvsentinel_insert_values(id_expr: str, node_expr: str, gpu_expr: str) -> str:
+    """The values of :data:`NVSENTINEL_INSERT_COLUMNS` for the event ``sql_document`` builds.
+
+    As NVSentinel's store-client fills them from the event: node name, check
+    name (``event_type``), component class (``severity``), the recommended
+    action's enum name; ``node_quarantined`` and ``user_pods_eviction_status``
+    NULL, as it writes them for a new event whose status is still empty. A
+    comma-separated list, for ``VALUES (...)`` or a ``SELECT``.
+    """
+    he = _TEMPLATE_DOCUMENT["healthevent"]
+    return ", ".join(
+        (
+            f"'gpu-node-' || lpad(({node_expr})::text, 4, '0')",
+            _sql_text(he["checkname"]),
+            _sql_text(he["componentclass"]),
+            _sql_text(RECOMMENDED_ACTION_NAMES[he["recommendedaction"]]),
+            "NULL::text",
+            "NULL::text",
+            sql_document(id_expr, node_expr, gpu_expr),
+        )
+    )
+
+
+def quarantine_update_sql(row_id_expr: str, state_index_expr: str) -> str:
+    """An UPDATE that sets the quarantine status as NVSentinel's store-client does.
+
+    NVSentinel's ``UpdateNodeQuarantineStatus`` (without its span id): the
+    column ``node_quarantined`` and ``healtheventstatus.nodequarantined`` in the
+    document, and ``updated_at``, of the row whose id is ``row_id_expr`` (an
+    SQL uuid expression). ``state_index_expr`` (an integer 0-3) picks one of
+    :data:`QUARANTINE_STATES`. The state is a typed text expression, written
+    out at each of its two uses: pgbench (``--protocol=prepared``) sends its
+    variables as untyped parameters; an untyped parameter fails in ``to_jsonb``
+    (polymorphic), and one bound both to NVSentinel's VARCHAR column and to
+    text fails with "inconsistent types deduced for parameter".
+    """
+    state = f"(ARRAY{list(QUARANTINE_STATES)!r}::text[])[({state_index_expr})::int + 1]"
     return (
-        "UPDATE health_events SET document = jsonb_set(document, "
-        "'{healtheventstatus,nodequarantined}', "
-        f"to_jsonb((ARRAY{list(QUARANTINE_STATES)!r})[({state_expr})::int + 1])) "
-        f"WHERE id = {id_expr}"
+        f"UPDATE health_events SET node_quarantined = {state}, "
+        "document = jsonb_set(document, '{healtheventstatus,nodequarantined}', "
+        f"to_jsonb({state})), updated_at = NOW() "
+        f"WHERE id = {row_id_expr}"
     )

@@ -20,7 +20,7 @@ from bench import workers
 from bench.documents import sql_document
 from bench.processes import Workers
 from bench.server import BenchServer
-from bench.writes import pgbench, prefill, scripts
+from bench.writes import pgbench, prefill, prefill_events, prefilled_id, scripts
 from nvsentinel_store.providers.postgresql import PostgresStore
 from nvsentinel_store.store import Pipeline, WatchOptions
 
@@ -97,39 +97,84 @@ class Progress:
 # -- 1. write throughput ------------------------------------------------------------
 
 
+#: The databases of the write benchmark, all on the same server: NVSentinel's
+#: own schema (its migration files; no extraction, its trigger always
+#: notifies); ours (our migrations: NVSentinel's schema, extraction, change
+#: positions), notifications on as by default; ours with
+#: ``nvsentinel.notify_changes = off`` for the database.
+WRITE_DATABASES = ("nvsentinel", "ours", "ours-quiet")
+
+
 @dataclass
 class WriteCell:
     workload: str
     durable: bool
     clients: int
-    tps: dict[bool, list[float]] = field(default_factory=lambda: {True: [], False: []})
+    #: Transactions/s of every round, per database of :data:`WRITE_DATABASES`.
+    tps: dict[str, list[float]] = field(default_factory=lambda: {db: [] for db in WRITE_DATABASES})
     failed: int = 0
     #: Cores other work used meanwhile (see bench.cpu).
     other_cpu: float = math.nan
 
-    def median(self, capture: bool) -> float:
-        values = self.tps[capture]
+    def median(self, database: str) -> float:
+        values = self.tps[database]
         return statistics.median(values) if values else math.nan
 
-    @property
-    def ratio(self) -> float:
-        return self.median(True) / self.median(False)
+    def ratio(self, database: str, baseline: str) -> float:
+        """Median of ``database`` over median of ``baseline``."""
+        return self.median(database) / self.median(baseline)
+
+    def round_ratios(self, database: str, baseline: str) -> list[float]:
+        """``database`` over ``baseline`` in each round (a round's runs are back to back)."""
+        return [a / b for a, b in zip(self.tps[database], self.tps[baseline], strict=True)]
 
     @property
-    def round_ratios(self) -> list[float]:
-        """Capture on / off of each round (the two runs of a round are back to back)."""
-        return [on / off for on, off in zip(self.tps[True], self.tps[False], strict=True)]
+    def ours_vs_nvsentinel(self) -> float:
+        """Throughput kept on top of NVSentinel's schema: ours over NVSentinel's."""
+        return self.ratio("ours", "nvsentinel")
+
+    @property
+    def quiet_vs_notifying(self) -> float:
+        """Ours with notifications off over ours with them on."""
+        return self.ratio("ours-quiet", "ours")
+
+
+def _check_write_database(bs: BenchServer, database: str, db: str) -> None:
+    """Fail unless ``db`` is what the report says: extraction present or not, notifications.
+
+    Checked through the services' role: our extraction trigger on
+    ``health_events`` (ours only), and whether an update of a pre-filled event
+    sends a notification on ``nvsentinel_changes`` (all but ``ours-quiet``).
+    """
+    with psycopg.connect(bs.conninfo(db), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'health_events'::regclass "
+            "AND tgname = 'health_events_extract'"
+        ).fetchone()
+        extraction = bool(row and row[0])
+        conn.execute("LISTEN nvsentinel_changes")
+        conn.execute(f"UPDATE health_events SET updated_at = now() WHERE id = {prefilled_id('1')}")
+        notified = any(True for _ in conn.notifies(timeout=1.0, stop_after=1))
+    expected = (database != "nvsentinel", database != "ours-quiet")
+    if (extraction, notified) != expected:
+        raise RuntimeError(
+            f"write database {database} ({db}): extraction trigger {extraction}, "
+            f"notification {notified}; expected {expected[0]} and {expected[1]}"
+        )
 
 
 def measure_writes(bs: BenchServer, plan: Plan, log: Progress) -> list[WriteCell]:
-    """pgbench, capture on and off (separate databases), 1 and 8 clients, interleaved."""
-    log("write throughput: preparing a database with capture and one without")
+    """pgbench on NVSentinel's schema, ours and ours without notifications; interleaved."""
+    log("write throughput: preparing NVSentinel's schema, ours, and ours with notifications off")
     dbs = {
-        True: bs.create_database("bench_writes_capture"),
-        False: bs.create_database("bench_writes_nocapture", capture=False),
+        "nvsentinel": bs.create_nvsentinel_database("bench_writes_nvsentinel"),
+        "ours": bs.create_database("bench_writes_ours"),
+        "ours-quiet": bs.create_database("bench_writes_ours_quiet"),
     }
-    for db in dbs.values():
-        prefill(bs.conninfo(db), plan.write_prefill)
+    bs.set_notify_changes(dbs["ours-quiet"], False)
+    for database, db in dbs.items():
+        prefill_events(bs.conninfo(db), plan.write_prefill)
+        _check_write_database(bs, database, db)
         bs.analyze(db)
     cells: list[WriteCell] = []
     with tempfile.TemporaryDirectory(prefix="nvsentinel-bench-") as tmp:
@@ -141,24 +186,28 @@ def measure_writes(bs: BenchServer, plan: Plan, log: Progress) -> list[WriteCell
             cells.append(cell)
             meter = bs.cpu_meter()
             for rnd in range(plan.write_rounds):
-                # Alternate which database goes first, so drift in the machine's
-                # load does not favour one side.
-                order = (True, False) if (rnd + len(cells)) % 2 else (False, True)
-                for capture in order:
+                # Rotate which database goes first, so drift in the machine's
+                # load does not favour one of them.
+                shift = (rnd + len(cells)) % len(WRITE_DATABASES)
+                order = WRITE_DATABASES[shift:] + WRITE_DATABASES[:shift]
+                for database in order:
                     bs.checkpoint()
-                    result = pgbench(bs, dbs[capture], files[workload], clients, plan.write_seconds)
-                    cell.tps[capture].append(result.tps)
+                    result = pgbench(
+                        bs, dbs[database], files[workload], clients, plan.write_seconds
+                    )
+                    cell.tps[database].append(result.tps)
                     cell.failed += result.failed
                     log(
                         f"write {workload:6} fsync={'on' if durable else 'off':3} "
-                        f"clients={clients} capture={'on' if capture else 'off':3} "
+                        f"clients={clients} {database:10} "
                         f"round {rnd + 1}: {result.tps:8.0f} tx/s "
                         f"(avg latency {result.latency_ms:.2f} ms)"
                     )
             cell.other_cpu = meter.others_cores()
             log(
-                f"  -> capture keeps {cell.ratio:.1%} (medians); other work used "
-                f"{cell.other_cpu:.2f} cores"
+                f"  -> ours keeps {cell.ours_vs_nvsentinel:.1%} of NVSentinel's; "
+                f"notifications off vs on {cell.quiet_vs_notifying:.1%} (medians); "
+                f"other work used {cell.other_cpu:.2f} cores"
             )
     bs.set_durable(True)
     for db in dbs.values():
@@ -210,7 +259,8 @@ def _fill_lifecycle(conninfo: str, events: int, batch: int = 1000) -> int:
                 high = min(low + batch - 1, events)
                 cur = conn.execute(
                     f"UPDATE health_events SET document = {expression} "
-                    "WHERE id IN (SELECT 'd-' || g FROM generate_series(%s::int, %s::int) AS g)",
+                    "WHERE id IN (SELECT nvsentinel_document_uuid(to_jsonb('d-' || g)) "
+                    "FROM generate_series(%s::int, %s::int) AS g)",
                     (low, high),
                 )
                 changes += cur.rowcount

@@ -5,9 +5,10 @@ to 127.0.0.1, TLS only, ``hostssl ... cert``): the same code the datastore
 tests use, so there is one way to start a server. Two differences from the
 tests, both set here: the fixture runs with ``fsync = off`` for test speed, the
 benchmark turns it back on (production durability) unless asked not to; and
-each benchmark database gets the schema through
-:func:`nvsentinel_store.migrations.apply` as the migration role, as
-``nvsentinel-store schema apply`` does.
+each benchmark database gets the schema as the migration role: ours through
+:func:`nvsentinel_store.migrations.apply`, as ``nvsentinel-store schema apply``
+does, or, for the comparison in the write benchmark, NVSentinel's own
+migration files through ``psql`` (:meth:`BenchServer.create_nvsentinel_database`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from tests.fixtures.ca import make_pki
+from tests.fixtures.nvsentinel import apply_nvsentinel_migrations
 from tests.fixtures.postgres import (
     APP_USER,
     MIGRATION_USER,
+    PostgresDatabase,
     PostgresServer,
     destroy_server,
     start_server,
@@ -32,9 +36,11 @@ from tests.fixtures.postgres import (
 from bench.cpu import CpuMeter, postmaster_pid
 from nvsentinel_store import migrations
 
-#: The capture triggers are the ones running NVSentinel's change log function
-#: (migration 0001); our position trigger on the change log (0002) runs with them.
-CAPTURE_FUNCTION_PREFIX = "log_table_changes"
+#: What NVSentinel's deployment grants its services' role after its migrations.
+NVSENTINEL_APP_GRANTS = (
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO nvsentinel_app",
+    "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO nvsentinel_app",
+)
 
 
 @dataclass
@@ -80,15 +86,36 @@ class BenchServer:
             row = conn.execute("SHOW fsync").fetchone()
         return str(row[0]) if row else "?"
 
-    def create_database(self, name: str, *, capture: bool = True) -> str:
-        """A bootstrapped database with the schema applied; capture triggers off if asked."""
+    def create_database(self, name: str) -> str:
+        """A bootstrapped database with our migrations applied (NVSentinel's schema and ours)."""
         self.server.create_database(name)
         self.databases.append(name)
         with psycopg.connect(self.conninfo(name, MIGRATION_USER), autocommit=True) as conn:
             migrations.apply(conn)
-            if not capture:
-                disable_capture(conn)
         return name
+
+    def create_nvsentinel_database(self, name: str) -> str:
+        """A bootstrapped database with NVSentinel's own migration files and nothing of ours.
+
+        Applied as the datastore tests apply them (psql, ``ON_ERROR_STOP``, the
+        migration role, NVSentinel's order), then :data:`NVSENTINEL_APP_GRANTS`.
+        """
+        self.server.create_database(name)
+        self.databases.append(name)
+        apply_nvsentinel_migrations(PostgresDatabase(server=self.server, name=name))
+        with psycopg.connect(self.conninfo(name, MIGRATION_USER), autocommit=True) as conn:
+            for grant in NVSENTINEL_APP_GRANTS:
+                conn.execute(grant)
+        return name
+
+    def set_notify_changes(self, dbname: str, on: bool) -> None:
+        """``ALTER DATABASE ... SET nvsentinel.notify_changes`` (new sessions see it)."""
+        with psycopg.connect(self.server.superuser_conninfo(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET nvsentinel.notify_changes = {}").format(
+                    sql.Identifier(dbname), sql.Literal("on" if on else "off")
+                )
+            )
 
     def cpu_meter(self) -> CpuMeter:
         """A started meter of the CPU that work other than this benchmark takes."""
@@ -102,30 +129,6 @@ class BenchServer:
     def analyze(self, dbname: str) -> None:
         with psycopg.connect(self.server.superuser_conninfo(dbname), autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
-
-
-def capture_triggers(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[str, str]]:
-    """(table, trigger) of every change-capture trigger in the schema."""
-    rows = conn.execute(
-        "SELECT c.relname::text, t.tgname::text FROM pg_trigger AS t "
-        "JOIN pg_class AS c ON c.oid = t.tgrelid JOIN pg_proc AS p ON p.oid = t.tgfoid "
-        "WHERE NOT t.tgisinternal AND p.proname LIKE %s ORDER BY 1, 2",
-        (CAPTURE_FUNCTION_PREFIX + "%",),
-    ).fetchall()
-    return [(str(r[0]), str(r[1])) for r in rows]
-
-
-def disable_capture(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    """``ALTER TABLE ... DISABLE TRIGGER`` on every capture trigger (as the owner)."""
-    triggers = capture_triggers(conn)
-    tables = {table for table, _ in triggers}
-    if "health_events" not in tables:
-        raise RuntimeError(
-            f"no capture trigger (function {CAPTURE_FUNCTION_PREFIX}*) on health_events; "
-            f"found {triggers}"
-        )
-    for table, trigger in triggers:
-        conn.execute(f'ALTER TABLE "{table}" DISABLE TRIGGER "{trigger}"')
 
 
 @contextmanager

@@ -127,7 +127,8 @@ def holding_writer(
                 if rng.random() < update_share:
                     conn.execute(
                         "UPDATE health_events SET document = jsonb_set(document, "
-                        "'{healtheventstatus,nodequarantined}', %s) WHERE id = %s",
+                        "'{healtheventstatus,nodequarantined}', %s) "
+                        "WHERE id = nvsentinel_document_uuid(to_jsonb(%s::text))",
                         (
                             Jsonb(rng.choice(QUARANTINE_STATES)),
                             f"pre-{rng.randint(1, shared_ids)}",

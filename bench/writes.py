@@ -6,12 +6,15 @@ the database's: 8 Python client processes on 2 cores would take a good part
 of the CPU the server needs. It connects like the services: TCP to
 127.0.0.1, TLS ``verify-full``, the application's client certificate.
 
-Two workloads (see :func:`scripts`):
+The statements are NVSentinel's store-client's, so that they run unchanged on
+NVSentinel's own schema and on ours. Two workloads (see :func:`scripts`):
 
-- ``insert``: every transaction inserts one new health event (as the
-  platform connector does);
+- ``insert``: every transaction inserts one new health event, naming
+  NVSentinel's columns (:data:`bench.documents.NVSENTINEL_INSERT_COLUMNS`) as
+  the platform connector's store-client does;
 - ``mix``: half the transactions insert, half set the quarantine status of a
-  random existing event (as fault-quarantine does).
+  random pre-filled event as ``UpdateNodeQuarantineStatus`` does
+  (:func:`bench.documents.quarantine_update_sql`).
 """
 
 from __future__ import annotations
@@ -24,10 +27,16 @@ from pathlib import Path
 
 import psycopg
 
-from bench.documents import quarantine_update_sql, sql_document
+from bench.documents import (
+    NVSENTINEL_INSERT_COLUMNS,
+    nvsentinel_insert_values,
+    quarantine_update_sql,
+    sql_document,
+)
 from bench.server import BenchServer
 
 WORKLOADS = ("insert", "mix")
+_COLUMNS = ", ".join(NVSENTINEL_INSERT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -38,26 +47,63 @@ class PgbenchResult:
     latency_ms: float
 
 
+def prefilled_id(number_expr: str) -> str:
+    """The row id of pre-filled event ``number_expr`` (an SQL expression): a UUID.
+
+    The same on both schemas: :func:`prefill_events` gives the row this id
+    explicitly and puts its text in the document's ``_id``, from which our
+    extraction trigger takes the row id.
+    """
+    return f"md5('pre-' || ({number_expr})::text)::uuid"
+
+
 def scripts(directory: Path, prefilled: int) -> dict[str, list[tuple[Path, int]]]:
-    """pgbench script files (with weights) per workload, written to ``directory``."""
+    """pgbench script files (with weights) per workload, written to ``directory``.
+
+    Every use of a variable has an explicit cast: pgbench runs
+    ``--protocol=prepared`` and sends each use of a variable as an untyped
+    parameter.
+    """
     insert = directory / "insert.sql"
     insert.write_text(
         "\\set node random(0, 1999)\n"
         "\\set gpu random(0, 7)\n"
-        "INSERT INTO health_events (document) VALUES ("
-        + sql_document("gen_random_uuid()::text", ":node", ":gpu")
+        f"INSERT INTO health_events ({_COLUMNS}) VALUES ("
+        + nvsentinel_insert_values("gen_random_uuid()::text", ":node", ":gpu")
         + ");\n"
     )
     update = directory / "update_quarantine.sql"
     update.write_text(
         f"\\set k random(1, {prefilled})\n"
-        "\\set s random(0, 3)\n" + quarantine_update_sql("'pre-' || :k", ":s") + ";\n"
+        "\\set s random(0, 3)\n" + quarantine_update_sql(prefilled_id(":k"), ":s") + ";\n"
     )
     return {"insert": [(insert, 1)], "mix": [(insert, 1), (update, 1)]}
 
 
+def prefill_events(conninfo: str, count: int, batch: int = 1000) -> None:
+    """``count`` events for the update workload, written as NVSentinel writes them.
+
+    Event ``n`` (1 ... ``count``) has the row id :func:`prefilled_id` and the
+    same UUID as its document's ``_id``; ``batch`` per transaction.
+    """
+    row_id = prefilled_id("g")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for low in range(1, count + 1, batch):
+            high = min(low + batch - 1, count)
+            conn.execute(
+                f"INSERT INTO health_events (id, {_COLUMNS}) SELECT {row_id}, "
+                + nvsentinel_insert_values(f"{row_id}::text", "g % 2000", "g % 8")
+                + f" FROM generate_series({low:d}, {high:d}) AS g"
+            )
+
+
 def prefill(conninfo: str, count: int, batch: int = 1000) -> None:
-    """``count`` events ``pre-1`` ... for the update workload, ``batch`` per transaction."""
+    """``count`` events ``pre-1`` ... written as documents only, ``batch`` per transaction.
+
+    For our schema only: our extraction trigger derives each row id from the
+    ``_id`` (``nvsentinel_document_uuid``) and fills every column from the
+    document.
+    """
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for low in range(1, count + 1, batch):
             high = min(low + batch - 1, count)

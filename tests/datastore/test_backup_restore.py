@@ -47,7 +47,10 @@ FAST = WatchOptions(poll_interval=0.02, min_poll_interval=0.001)
 DATABASE = "nvsentinel"
 #: Columns every event table row keeps across a restore (all but the position,
 #: which is the old server's transaction id and is rebased on adoption).
-KEPT = "to_jsonb(t) - 'change_position_txid'"
+KEPT = (
+    "to_jsonb(t) || jsonb_build_object('version', (SELECT v.version "
+    "FROM datastore_document_versions AS v WHERE v.table_name = {table!r} AND v.id = t.id))"
+)
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +121,14 @@ def snapshot(conninfo: str) -> dict[str, list[Any]]:
     """Everything a restore must keep: documents with extracted columns, tokens, changes."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         return {
-            "health_events": rows(conn, f"SELECT {KEPT} FROM health_events AS t ORDER BY id"),
+            "health_events": rows(
+                conn,
+                f"SELECT {KEPT.format(table='health_events')} FROM health_events AS t ORDER BY id",
+            ),
             "maintenance_events": rows(
-                conn, f"SELECT {KEPT} FROM maintenance_events AS t ORDER BY id"
+                conn,
+                f"SELECT {KEPT.format(table='maintenance_events')} "
+                "FROM maintenance_events AS t ORDER BY id",
             ),
             "changes": rows(
                 conn,
