@@ -205,11 +205,15 @@ bootstrap() {
 
 apply_schema() {
 	log "applying the schema as ${MIGRATION_USER}"
-	(
-		eval "$(print_env "${MIGRATION_USER}")"
-		cd "${ROOT_DIR}"
-		"${VENV}/bin/nvsentinel-store" schema apply
-	)
+	if ! (
+		eval "$(print_env "${MIGRATION_USER}")" &&
+			cd "${ROOT_DIR}" &&
+			"${VENV}/bin/nvsentinel-store" schema apply
+	); then
+		# A state directory from an older checkout (a pre-release layout, a
+		# migration edited since) is refused; local data is throwaway.
+		die "the schema could not be applied (see above). To start this local datastore afresh, deleting its data: hack/local-datastore.sh down && hack/local-datastore.sh up"
+	fi
 }
 
 print_env() {

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from nvsentinel_store import migrations
 from nvsentinel_store.config import Settings, postgres_conninfo
 
 pytestmark = pytest.mark.datastore
@@ -124,4 +125,49 @@ def test_schema_is_applied_by_up(state_dir: Path) -> None:
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
             ).fetchall()
         }
-    assert {"schema_migrations", "health_events", "maintenance_events"} <= tables
+        # What NVSentinel's services wait for, and this project's own history.
+        nvsentinel_version = conn.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM nvsentinel_schema_migrations"
+        ).fetchone()
+        ours = conn.execute(
+            "SELECT version, name FROM nvsentinel_store_migrations ORDER BY version"
+        ).fetchall()
+    assert {
+        "nvsentinel_schema_migrations",
+        "nvsentinel_store_migrations",
+        "health_events",
+        "maintenance_events",
+        "datastore_changelog",
+        "resume_tokens",
+        "datastore_consumer_positions",
+    } <= tables
+    assert "schema_migrations" not in tables
+    assert nvsentinel_version == (3,)
+    assert ours == [(m.version, m.name) for m in migrations.load_migrations()]
+
+
+def test_up_on_a_pre_release_database_says_how_to_start_afresh(state_dir: Path) -> None:
+    run("up", state=state_dir)
+    migrator_env = parse_exports(
+        run("env", "--user", "nvsentinel_migrator", state=state_dir).stdout
+    )
+    with psycopg.connect(postgres_conninfo(Settings.from_env(migrator_env))) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+            "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) "
+            "VALUES (1, '0001_event_tables.sql', 'x')"
+        )
+    refused = run("up", state=state_dir, check=False)
+    assert refused.returncode != 0
+    assert "pre-release of the nvsentinel chart" in refused.stderr
+    assert "hack/local-datastore.sh down && hack/local-datastore.sh up" in refused.stderr
+
+    run("down", state=state_dir)
+    run("up", state=state_dir)
+    env = parse_exports(run("env", state=state_dir).stdout)
+    with psycopg.connect(postgres_conninfo(Settings.from_env(env))) as conn:
+        fresh = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+    assert fresh == (None,)

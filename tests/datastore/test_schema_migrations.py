@@ -56,11 +56,29 @@ def shell_apply(
 
 
 def recorded(database: PostgresDatabase) -> list[tuple[int, str, str]]:
+    """This project's history: nvsentinel_store_migrations."""
     with migrator(database) as conn:
         rows = conn.execute(
-            "SELECT version, name, checksum FROM schema_migrations ORDER BY version"
+            "SELECT version, name, checksum FROM nvsentinel_store_migrations ORDER BY version"
         ).fetchall()
     return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+def nvsentinel_recorded(database: PostgresDatabase) -> list[tuple[int, str]]:
+    """NVSentinel's own history, which migration 0001 writes as NVSentinel's files do."""
+    with migrator(database) as conn:
+        rows = conn.execute(
+            "SELECT version, description FROM nvsentinel_schema_migrations ORDER BY version"
+        ).fetchall()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+#: NVSentinel's schema versions 1-3, as its migrations 00001-00003 record them.
+NVSENTINEL_VERSIONS = [
+    (1, "initial PostgreSQL schema"),
+    (2, "reconcile historical Go runtime DDL"),
+    (3, "health event idempotency index"),
+]
 
 
 def copy_migrations(tmp_path: Path) -> Path:
@@ -80,6 +98,7 @@ def test_python_apply_twice_applies_everything_once(postgres_database: PostgresD
     assert state.pending == [] and state.mismatched == []
     assert state.version == files[-1].version
     assert recorded(postgres_database) == [(m.version, m.name, m.checksum) for m in files]
+    assert nvsentinel_recorded(postgres_database) == NVSENTINEL_VERSIONS
 
 
 def test_shell_apply_twice_is_a_noop_the_second_time(postgres_database: PostgresDatabase) -> None:
@@ -89,6 +108,9 @@ def test_shell_apply_twice_is_a_noop_the_second_time(postgres_database: Postgres
     second = shell_apply(postgres_database)
     assert second.returncode == 0, second.stderr
     assert "applying" not in second.stdout
+    files = migrations.load_migrations()
+    assert recorded(postgres_database) == [(m.version, m.name, m.checksum) for m in files]
+    assert nvsentinel_recorded(postgres_database) == NVSENTINEL_VERSIONS
 
 
 def test_shell_apply_then_python_status_agree(postgres_database: PostgresDatabase) -> None:
@@ -234,12 +256,79 @@ def test_cli_schema_status_then_apply(
     env = postgres_database.datastore_env(user=MIGRATION_USER)
     assert cli.main(["schema", "status"], env=env) == cli.EXIT_UNHEALTHY
     pending = capsys.readouterr().out
-    assert "pending  0001  0001_event_tables.sql" in pending
+    assert "pending  0001  0001_nvsentinel_schema.sql" in pending
 
     assert cli.main(["schema", "apply"], env=env) == cli.EXIT_OK
     applied = capsys.readouterr()
-    assert "applying 0001_event_tables.sql" in applied.err
+    assert "applying 0001_nvsentinel_schema.sql" in applied.err
     assert "schema version" in applied.out
 
     assert cli.main(["schema", "status"], env=env) == cli.EXIT_OK
     assert "pending" not in capsys.readouterr().out
+
+
+def _pre_release_database(database: PostgresDatabase) -> None:
+    """The history a pre-release of this chart left: schema_migrations with checksums."""
+    with migrator(database) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+            "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) "
+            "VALUES (1, '0001_event_tables.sql', 'x')"
+        )
+
+
+@pytest.mark.parametrize("applier", ["python", "shell"])
+def test_pre_release_history_is_refused_by_both_appliers_before_anything_changes(
+    postgres_database: PostgresDatabase, applier: str
+) -> None:
+    _pre_release_database(postgres_database)
+    if applier == "python":
+        with migrator(postgres_database) as conn, pytest.raises(MigrationError) as refused:
+            migrations.apply(conn)
+        message = str(refused.value)
+    else:
+        result = shell_apply(postgres_database)
+        assert result.returncode != 0
+        message = result.stderr
+    assert "pre-release of the nvsentinel chart" in message
+    assert "nvsentinel-store migrate" in message
+    assert "'SELECT document FROM health_events'" in message
+    with migrator(postgres_database) as conn:
+        created = conn.execute(
+            "SELECT to_regclass('nvsentinel_store_migrations'), "
+            "to_regclass('nvsentinel_schema_migrations'), to_regclass('health_events')"
+        ).fetchone()
+        history = conn.execute("SELECT version, name FROM schema_migrations").fetchall()
+    assert created == (None, None, None)
+    assert history == [(1, "0001_event_tables.sql")]
+
+
+def test_status_of_both_appliers_refuses_a_pre_release_history(
+    postgres_database: PostgresDatabase,
+) -> None:
+    _pre_release_database(postgres_database)
+    with migrator(postgres_database) as conn, pytest.raises(MigrationError, match="pre-release"):
+        migrations.status(conn)
+    result = shell_apply(postgres_database, "status")
+    assert result.returncode == 1 and result.stdout == ""
+    assert "pre-release of the nvsentinel chart" in result.stderr
+    assert "psql -AtX -c 'SELECT document FROM health_events'" in result.stderr
+
+
+def test_another_tools_schema_migrations_table_is_not_taken_for_the_pre_release_one(
+    postgres_database: PostgresDatabase,
+) -> None:
+    """golang-migrate's schema_migrations (no checksum column) is left alone; ours applies."""
+    with migrator(postgres_database) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, dirty boolean NOT NULL)"
+        )
+        conn.execute("INSERT INTO schema_migrations VALUES (20240101, false)")
+        applied = migrations.apply(conn)
+    assert [m.name for m in applied] == [m.name for m in migrations.load_migrations()]
+    with migrator(postgres_database) as conn:
+        untouched = conn.execute("SELECT version, dirty FROM schema_migrations").fetchall()
+    assert untouched == [(20240101, False)]

@@ -79,14 +79,19 @@ HEALTH_EVENT_COLUMNS: Final[Mapping[str, Column]] = {
 }
 
 MAINTENANCE_EVENT_COLUMNS: Final[Mapping[str, Column]] = {
-    # NVSentinel's columns that its upsert writes from the same document (status
-    # and the times can be changed by column-only updates: those stay on the
-    # document). maintenance_events has no columns of ours: NVSentinel's
-    # watchers hand out its whole rows.
+    # NVSentinel's columns, which its statements write from the same document
+    # (its upsert and status update set both). A column-only UPDATE by hand
+    # would make them differ; a query then follows the column.
+    # maintenance_events has no columns of ours: NVSentinel's watchers hand out
+    # its whole rows.
     "eventid": Column("event_id", "text", max_length=255),
     "csp": Column("csp", "text", empty_is_null=True, max_length=50),
     "clustername": Column("cluster_name", "text", empty_is_null=True, max_length=255),
     "nodename": Column("node_name", "text", max_length=255),
+    "status": Column("status", "text", empty_is_null=True, max_length=50),
+    "cspstatus": Column("csp_status", "text", max_length=50),
+    "scheduledstarttime": Column("scheduled_start_time", "timestamptz"),
+    "actualendtime": Column("actual_end_time", "timestamptz"),
 }
 
 TABLE_COLUMNS: Final[Mapping[str, Mapping[str, Column]]] = {

@@ -5,6 +5,9 @@ set -euo pipefail
 MIGRATIONS_DIR="${MIGRATIONS_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/migrations}"
 LOCK_KEY="nvsentinel_store_migrations"
 HISTORY_TABLE="nvsentinel_store_migrations"
+# A database set up by a pre-release of this chart: its history table had a checksum column.
+PRE_RELEASE_SQL="SELECT to_regclass('schema_migrations') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('schema_migrations') AND attname = 'checksum')"
+PRE_RELEASE_MESSAGE="this database was set up by a pre-release of the nvsentinel chart (its table schema_migrations records 0001_event_tables.sql); that layout has text ids and another change log and cannot be migrated in place: export the documents, one JSON object a line (psql -AtX -c 'SELECT document FROM health_events' > health_events.json, the same for maintenance_events), create a new database and import them with nvsentinel-store migrate (docs/migration.md)"
 NO_TRANSACTION_MARKER="-- nvsentinel:no-transaction"
 PSQL="${PSQL:-psql}"
 
@@ -80,11 +83,9 @@ apply_script() {
     cat <<EOF
 SET client_min_messages TO warning;
 SELECT pg_advisory_lock(hashtext('$LOCK_KEY')) \\gset lock_
-SELECT to_regclass('schema_migrations') IS NOT NULL
-   AND EXISTS (SELECT 1 FROM pg_attribute
-                WHERE attrelid = to_regclass('schema_migrations') AND attname = 'checksum') AS pre_release \\gset
+$PRE_RELEASE_SQL AS pre_release \\gset
 \\if :pre_release
-DO \$m\$ BEGIN RAISE EXCEPTION 'this database was set up by a pre-release of the nvsentinel chart (its table schema_migrations records 0001_event_tables.sql); that layout has text ids and another change log and cannot be migrated in place: export the documents, one JSON object a line (psql -AtX -c ''SELECT document FROM health_events'' > health_events.json, the same for maintenance_events), create a new database and import them with nvsentinel-store migrate (docs/migration.md)'; END \$m\$;
+DO \$m\$ BEGIN RAISE EXCEPTION '${PRE_RELEASE_MESSAGE//\'/\'\'}'; END \$m\$;
 \\endif
 CREATE TABLE IF NOT EXISTS $HISTORY_TABLE (
     version integer PRIMARY KEY,
@@ -136,6 +137,9 @@ do_apply() {
 do_status() {
     local migrations recorded="" version file checksum transactional rc=0 rv rname found exists
     migrations="$(list_migrations)"
+    pre_release="$(run_psql -A -t -c "$PRE_RELEASE_SQL")" \
+        || die "cannot query the database (see the psql error above)"
+    [[ "$pre_release" != t ]] || die "$PRE_RELEASE_MESSAGE"
     exists="$(run_psql -A -t -c "SELECT to_regclass('$HISTORY_TABLE') IS NOT NULL")" \
         || die "cannot query the database (see the psql error above)"
     if [[ "$exists" == t ]]; then

@@ -252,7 +252,8 @@ BEGIN
         -- A document with an `_id` decides its row's id (the column default
         -- has already drawn one by now; NVSentinel's documents have no `_id`).
         NEW.id := coalesce(doc_id, NEW.id, uuid_generate_v4());
-    ELSIF NEW.id IS DISTINCT FROM OLD.id OR doc_id <> OLD.id THEN
+    ELSIF NEW.id IS DISTINCT FROM OLD.id OR doc_id <> OLD.id
+          OR (doc_id IS NULL AND OLD.document ? '_id') THEN
         RAISE EXCEPTION 'the _id of a document is immutable (row %, document _id %)',
             OLD.id, d -> '_id' USING ERRCODE = 'check_violation';
     ELSIF d IS NOT DISTINCT FROM OLD.document
@@ -342,7 +343,8 @@ BEGIN
     doc_id := nvsentinel_document_uuid(d -> '_id');
     IF TG_OP = 'INSERT' THEN
         NEW.id := coalesce(doc_id, NEW.id, uuid_generate_v4());
-    ELSIF NEW.id IS DISTINCT FROM OLD.id OR doc_id <> OLD.id THEN
+    ELSIF NEW.id IS DISTINCT FROM OLD.id OR doc_id <> OLD.id
+          OR (doc_id IS NULL AND OLD.document ? '_id') THEN
         RAISE EXCEPTION 'the _id of a document is immutable (row %, document _id %)',
             OLD.id, d -> '_id' USING ERRCODE = 'check_violation';
     ELSIF d IS NOT DISTINCT FROM OLD.document THEN
