@@ -17,6 +17,20 @@ from nvsentinel_store import migrations
 from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
 from tests.fixtures.postgres import APP_USER, MIGRATION_USER, PostgresDatabase
 
+#: The history a pre-release of this chart left: schema_migrations with checksums.
+PRE_RELEASE_HISTORY = (
+    "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+    "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+    "INSERT INTO schema_migrations (version, name, checksum) "
+    "VALUES (1, '0001_event_tables.sql', 'x')",
+)
+
+
+def write_pre_release_history(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Make the connected database look set up by a pre-release of this chart."""
+    for statement in PRE_RELEASE_HISTORY:
+        conn.execute(statement)
+
 
 def apply_schema(database: PostgresDatabase) -> None:
     with psycopg.connect(database.conninfo(user=MIGRATION_USER), autocommit=True) as conn:

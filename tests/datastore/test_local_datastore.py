@@ -15,6 +15,7 @@ import pytest
 
 from nvsentinel_store import migrations
 from nvsentinel_store.config import Settings, postgres_conninfo
+from tests.datastore.conftest import write_pre_release_history
 
 pytestmark = pytest.mark.datastore
 
@@ -152,14 +153,7 @@ def test_up_on_a_pre_release_database_says_how_to_start_afresh(state_dir: Path) 
         run("env", "--user", "nvsentinel_migrator", state=state_dir).stdout
     )
     with psycopg.connect(postgres_conninfo(Settings.from_env(migrator_env))) as conn:
-        conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
-            "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        conn.execute(
-            "INSERT INTO schema_migrations (version, name, checksum) "
-            "VALUES (1, '0001_event_tables.sql', 'x')"
-        )
+        write_pre_release_history(conn)
     refused = run("up", state=state_dir, check=False)
     assert refused.returncode != 0
     assert "pre-release of the nvsentinel chart" in refused.stderr

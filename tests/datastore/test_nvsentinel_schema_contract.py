@@ -21,8 +21,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from nvsentinel_store import migrations
-from nvsentinel_store.errors import MigrationError
 from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
 from nvsentinel_store.store import WatchOptions
 from tests.datastore.conftest import apply_schema
@@ -274,29 +272,6 @@ def rows_of(database: PostgresDatabase) -> dict[str, list[tuple[Any, ...]]]:
                 "ORDER BY 1"
             ).fetchall(),
         }
-
-
-def test_a_database_of_the_pre_release_layout_is_refused_with_what_to_do(
-    postgres_database: PostgresDatabase,
-) -> None:
-    with psycopg.connect(postgres_database.conninfo(user=MIGRATION_USER), autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
-            "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        conn.execute(
-            "INSERT INTO schema_migrations (version, name, checksum) "
-            "VALUES (1, '0001_event_tables.sql', 'x')"
-        )
-        conn.execute("CREATE TABLE health_events (id text PRIMARY KEY, document jsonb NOT NULL)")
-        with pytest.raises(MigrationError, match="pre-release of the nvsentinel chart") as refused:
-            migrations.apply(conn)
-        assert "nvsentinel-store migrate" in str(refused.value)
-        untouched = conn.execute(
-            "SELECT to_regclass('nvsentinel_schema_migrations'), "
-            "to_regclass('nvsentinel_store_migrations')"
-        ).fetchone()
-    assert untouched == (None, None)
 
 
 #: maintenance_events as NVSentinel's files create it.

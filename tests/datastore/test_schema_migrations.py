@@ -13,6 +13,7 @@ import pytest
 
 from nvsentinel_store import cli, migrations
 from nvsentinel_store.errors import MigrationError
+from tests.datastore.conftest import write_pre_release_history
 from tests.fixtures.postgres import MIGRATION_USER, PostgresDatabase
 
 pytestmark = pytest.mark.datastore
@@ -268,16 +269,8 @@ def test_cli_schema_status_then_apply(
 
 
 def _pre_release_database(database: PostgresDatabase) -> None:
-    """The history a pre-release of this chart left: schema_migrations with checksums."""
     with migrator(database) as conn:
-        conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
-            "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        conn.execute(
-            "INSERT INTO schema_migrations (version, name, checksum) "
-            "VALUES (1, '0001_event_tables.sql', 'x')"
-        )
+        write_pre_release_history(conn)
 
 
 @pytest.mark.parametrize("applier", ["python", "shell"])
