@@ -172,7 +172,7 @@ def render(
         "`migrate.migrate()` as `nvsentinel_migrator` over TLS (verify-full, client "
         "certificate): batches of 5,000 documents, each `COPY`ed into a temporary staging "
         "table and moved with `INSERT ... SELECT ... ON CONFLICT DO NOTHING` in one "
-        "transaction that disables the insert capture trigger (no change events).",
+        "transaction that disables the change log trigger `<table>_changes` (no change events).",
         "- Rate = documents read / wall time of the whole call: reading, extended JSON "
         "parsing (`bson.json_util`), checks, COPY, the extraction trigger and index "
         "maintenance in PostgreSQL, the commit of each batch. Both files are over 4 MB, "
