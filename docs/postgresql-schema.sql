@@ -204,9 +204,10 @@ DECLARE
     n_deleted pg_catalog.int8;
     n_expired pg_catalog.int8;
 BEGIN
-    IF max_age IS NULL OR max_age < interval '0' THEN
-        RAISE EXCEPTION 'max_age must be a non-negative interval, got %', max_age
-            USING ERRCODE = 'invalid_parameter_value';
+    IF max_age IS NULL OR max_age < '1 hour'::pg_catalog.interval THEN
+        RAISE EXCEPTION 'max_age must be at least 1 hour, got %', max_age
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'the minimum keeps a prune from erasing the history consumers are reading';
     END IF;
     cutoff := pg_catalog.now() - max_age;
     PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('nvsentinel.datastore_changelog_prune'));
@@ -247,7 +248,7 @@ $$;
 -- Name: FUNCTION datastore_changelog_prune(max_age interval); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.datastore_changelog_prune(max_age interval) IS 'Expire consumers silent for max_age, then delete changes older than max_age that every live consumer has passed';
+COMMENT ON FUNCTION public.datastore_changelog_prune(max_age interval) IS 'Expire consumers silent for max_age (at least 1 hour), then delete changes older than max_age that every live consumer has passed';
 
 --
 -- Name: datastore_changelog_record_pruned(); Type: FUNCTION; Schema: public; Owner: -
@@ -1221,6 +1222,7 @@ CREATE POLICY datastore_consumer_positions_read_all_data ON public.datastore_con
 --
 
 GRANT USAGE ON SCHEMA public TO nvsentinel_app;
+GRANT USAGE ON SCHEMA public TO nvsentinel_pruner;
 
 --
 -- Name: FUNCTION datastore_adopt_restore(); Type: ACL; Schema: public; Owner: -
@@ -1239,7 +1241,7 @@ REVOKE ALL ON FUNCTION public.datastore_changelog_position() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.datastore_changelog_prune(max_age interval) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.datastore_changelog_prune(max_age interval) TO nvsentinel_app;
+GRANT ALL ON FUNCTION public.datastore_changelog_prune(max_age interval) TO nvsentinel_pruner;
 
 --
 -- Name: FUNCTION datastore_changelog_record_pruned(); Type: ACL; Schema: public; Owner: -

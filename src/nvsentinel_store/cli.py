@@ -6,7 +6,9 @@ prints; the work is in the library. Errors become one line on stderr and an
 exit code:
 
 0 success; 1 unhealthy / migrations pending; 2 bad usage or configuration;
-3 change history lost; 4 datastore unreachable; 5 other datastore error.
+3 change history lost; 4 datastore unreachable; 5 other datastore error;
+6 (migrate) documents already stored with different content (see
+:mod:`nvsentinel_store.migrate_cli`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from nvsentinel_store.errors import (
     StoreUnavailableError,
 )
 from nvsentinel_store.metrics import WatchMetrics
+from nvsentinel_store.query import MAX_NESTING_DEPTH, json_text_too_deep, value_too_deep
 from nvsentinel_store.store import COLLECTIONS, WatchOptions
 
 EXIT_OK: Final = 0
@@ -47,6 +50,7 @@ EXIT_USAGE: Final = 2
 EXIT_HISTORY_LOST: Final = 3
 EXIT_UNAVAILABLE: Final = 4
 EXIT_STORE_ERROR: Final = 5
+EXIT_CONFLICT: Final = migrate_cli.EXIT_CONFLICT
 
 _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -72,13 +76,50 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_PORT: Final = re.compile(r"[0-9]{1,5}")
+
+
+def _metrics_port(text: str) -> int:
+    """0 (any free port) to 65535, plain decimal digits only."""
+    if _PORT.fullmatch(text) is None or int(text) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port; expected 1 to 65535 (or 0: any free port)"
+        )
+    return int(text)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _json_object(text: str) -> dict[str, Any]:
+    """A --match filter: a JSON object at most MAX_NESTING_DEPTH levels deep, without NUL."""
+    too_deep = argparse.ArgumentTypeError(
+        f"a $match filter may nest objects and arrays at most {MAX_NESTING_DEPTH} levels deep"
+    )
+    if json_text_too_deep(text):
+        raise too_deep
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg}): {text!r}") from err
+    except RecursionError:
+        raise too_deep from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"a $match filter is a JSON object, got {text!r}")
+    if value_too_deep(value):
+        raise too_deep
+    if _has_nul(value):
+        raise argparse.ArgumentTypeError(
+            "a $match filter cannot hold a NUL character (\\u0000): PostgreSQL cannot store "
+            "or compare it"
+        )
     return value
 
 
@@ -139,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_json_object,
         default=None,
         metavar="JSON",
-        help='a $match filter, e.g. \'{"operationType": "update"}\'',
+        help='a $match filter, e.g. \'{"operationType": "update"}\' (objects and arrays '
+        f"nested at most {MAX_NESTING_DEPTH} levels deep, no NUL characters)",
     )
     watch.add_argument(
         "--idle-exit",
@@ -160,11 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument(
         "--metrics-port",
-        type=int,
+        type=_metrics_port,
         default=None,
         metavar="PORT",
         help="serve Prometheus metrics on http://ADDRESS:PORT/metrics while watching "
-        "(0: any free port, printed on stderr)",
+        "(PORT 1-65535, or 0: any free port, printed on stderr)",
     )
     watch.add_argument(
         "--metrics-address",

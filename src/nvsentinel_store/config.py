@@ -15,7 +15,7 @@ Variables (empty values count as unset):
     Required for PostgreSQL. For MongoDB with a client certificate it may be
     left unset: the server takes the user from the certificate's subject.
 ``DATASTORE_PORT``
-    1-65535; default 5432 (PostgreSQL) or 27017 (MongoDB).
+    1-65535, decimal digits only; default 5432 (PostgreSQL) or 27017 (MongoDB).
 ``DATASTORE_PASSWORD``
     Optional. With a password and no certificate variable set, no client
     certificate is sent (password authentication, e.g. a managed PostgreSQL).
@@ -36,6 +36,7 @@ Variables (empty values count as unset):
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -61,6 +62,8 @@ KEY_FILE: Final = "tls.key"
 CA_FILE: Final = "ca.crt"
 DEFAULT_APPLICATION_NAME: Final = "nvsentinel-store"
 DEFAULT_CONNECT_TIMEOUT: Final = 10
+
+_DIGITS: Final = re.compile(r"[0-9]+")
 
 _MOUNT_VARS: Final[Mapping[Provider, str]] = {
     "postgresql": "POSTGRESQL_CLIENT_CERT_MOUNT_PATH",
@@ -220,12 +223,14 @@ def _port(values: Mapping[str, str], provider: Provider) -> int:
     raw = values.get("DATASTORE_PORT")
     if raw is None:
         return DEFAULT_PORTS[provider]
-    try:
-        port = int(raw.strip(), 10)
-    except ValueError:
+    # Plain ASCII digits only: int() would also take "5_5434", " 5432", "+5432"
+    # and other scripts' digits, which libpq and the services do not.
+    if _DIGITS.fullmatch(raw) is None:
         raise ConfigError(
-            f"DATASTORE_PORT={raw!r} is not a port number; expected an integer from 1 to 65535"
-        ) from None
+            f"DATASTORE_PORT={raw!r} is not a port number; expected an integer from 1 to 65535 "
+            "(decimal digits only)"
+        )
+    port = int(raw, 10)
     if not 1 <= port <= 65535:
         raise ConfigError(f"DATASTORE_PORT={raw!r} is out of range; expected 1 to 65535")
     return port

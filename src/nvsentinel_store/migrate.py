@@ -5,7 +5,9 @@ line, canonical or relaxed; ``.gz`` files are read too), or a live MongoDB
 through pymongo. Target: the PostgreSQL event tables, in bulk: each batch is
 copied (``COPY``) into a temporary staging table and moved with
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, so the documents keep their
-``_id`` and a second run adds nothing.
+``_id`` and a second run adds nothing. A document whose ``_id`` is already
+stored with different content (e.g. updated by the services since) is never
+overwritten: it is reported as a :class:`Conflict` (``_id`` and ``file:line``).
 
 Ids: NVSentinel's tables key rows by a UUID ``id``. A document keeps its
 ``_id`` exactly as converted below (an ObjectId as its 24-digit hex string);
@@ -32,7 +34,10 @@ with :mod:`bson.json_util`):
 - Other BSON types (regular expressions, code, DBRef, min/max key): the
   document is rejected with the path of the value.
 
-Checks: every document must be an object with an ``_id``; a health event needs
+Checks: every document must be an object with an ``_id``, nesting objects and
+arrays at most :data:`~nvsentinel_store.query.MAX_NESTING_DEPTH` (100) levels
+deep (checked on the text before a line is parsed, and on a live document
+before it is converted); a health event needs
 ``healthevent.nodename`` (or ``healthEvent``/``nodeName``), a maintenance event
 ``eventId`` (a maintenance event without ``_id`` takes its ``eventId``, as
 :meth:`~nvsentinel_store.providers.postgresql.PostgresCollection.insert_one`
@@ -92,7 +97,13 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from nvsentinel_store.errors import ConfigError, StoreUnavailableError
-from nvsentinel_store.query import encode_datetime, json_equal
+from nvsentinel_store.query import (
+    MAX_NESTING_DEPTH,
+    encode_datetime,
+    json_equal,
+    json_text_too_deep,
+    value_too_deep,
+)
 from nvsentinel_store.store import COLLECTIONS
 
 Conn = psycopg.Connection[TupleRow]
@@ -132,6 +143,12 @@ CODEC_OPTIONS: Final[CodecOptions[dict[str, Any]]] = CodecOptions(
 
 ProgressCallback = Callable[["Progress"], None]
 RejectCallback = Callable[["Reject"], None]
+ConflictCallback = Callable[["Conflict"], None]
+
+_TOO_DEEP: Final = (
+    f"objects and arrays nested deeper than {MAX_NESTING_DEPTH} levels (the limit; "
+    "MongoDB's own is 100)"
+)
 
 
 class InvalidDocument(ValueError):
@@ -161,9 +178,26 @@ class Reject:
         }
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """A document whose ``_id`` the target already holds with different content.
+
+    The stored copy is kept (the import never overwrites); ``where`` is the
+    source's ``file:line`` or ``_id``.
+    """
+
+    collection: str
+    id: str
+    where: str
+
+
 @dataclass
 class CollectionSummary:
-    """Counts of one collection: documents read, imported, already present, rejected."""
+    """Counts of one collection: documents read, imported, already present, rejected.
+
+    ``already_present`` includes the ``conflicts``: documents stored under the
+    same ``_id`` with different content.
+    """
 
     collection: str
     read: int = 0
@@ -172,6 +206,7 @@ class CollectionSummary:
     rejected: int = 0
     #: Documents the target table holds after the run (also counted in a dry run).
     target_count: int | None = None
+    conflicts: list[Conflict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -257,6 +292,11 @@ class MigrationReport:
     def read(self) -> int:
         return sum(s.read for s in self.summaries.values())
 
+    @property
+    def conflicts(self) -> list[Conflict]:
+        """Documents already stored with different content, in every collection."""
+        return [c for s in self.summaries.values() for c in s.conflicts]
+
 
 @dataclass(frozen=True)
 class MigrateOptions:
@@ -269,6 +309,11 @@ class MigrateOptions:
     verify: bool = False
     #: Documents per collection compared field by field by ``verify``.
     sample_size: int = DEFAULT_SAMPLE_SIZE
+    #: Documents stored under their ``_id`` with different content (a
+    #: :class:`Conflict`) are kept either way; with ``keep_existing`` that is
+    #: intended and ``verify`` leaves them out of its sample (without it, a
+    #: sampled one is a mismatch).
+    keep_existing: bool = False
     #: Files at least this big are parsed by a separate process (0: every file;
     #: ``None``: none).
     subprocess_min_bytes: int | None = 4 * 1024 * 1024
@@ -381,11 +426,19 @@ def _object_hook(obj: dict[str, Any]) -> Any:
 
 
 def parse_line(text: str) -> dict[str, Any]:
-    """One line of mongoexport output as the store's JSON document (unchecked)."""
+    """One line of mongoexport output as the store's JSON document (unchecked).
+
+    A line nesting deeper than :data:`~nvsentinel_store.query.MAX_NESTING_DEPTH`
+    is refused before it is parsed.
+    """
+    if json_text_too_deep(text):
+        raise InvalidDocument(_TOO_DEEP)
     try:
         value = json.loads(text, object_hook=_object_hook, parse_constant=_no_constant)
     except InvalidDocument:
         raise
+    except RecursionError:
+        raise InvalidDocument(_TOO_DEEP) from None
     except (ValueError, TypeError, KeyError, OverflowError) as err:
         stripped = text.strip()
         if stripped in ("[", "]") or stripped.startswith("[{"):
@@ -588,6 +641,10 @@ def _mongo_reader(coll: Any, batch_size: int) -> Callable[[], Iterator[Record]]:
         for raw_doc in coll.find({}, batch_size=batch_size).sort("_id", 1):
             raw_id = raw_doc.get("_id")
             where = f"{coll.name} _id {_id_text(raw_id)}"
+            if value_too_deep(raw_doc):
+                # Not dumped: json_util's conversion recurses.
+                yield Record(where, _id_json(raw_id), None, _TOO_DEEP)
+                continue
             raw = json_util.dumps(raw_doc, json_options=json_util.CANONICAL_JSON_OPTIONS)
             try:
                 doc = to_store_json(raw_doc)
@@ -606,7 +663,16 @@ def _mongo_counter(coll: Any) -> Callable[[], int]:
     return count
 
 
+def _id_json(value: Any) -> str:
+    """``{"_id": ...}`` as canonical extended JSON (the raw text of a document too deep)."""
+    if value_too_deep(value):
+        return "{}"
+    return json_util.dumps({"_id": value}, json_options=json_util.CANONICAL_JSON_OPTIONS)
+
+
 def _id_text(value: Any) -> str:
+    if value_too_deep(value):
+        return "(an _id nested too deep)"
     try:
         converted = to_store_json(value)
     except InvalidDocument:
@@ -762,8 +828,10 @@ def copy_payload(batch: Sequence[_Pending]) -> bytes:
     ).encode("ascii")
 
 
-#: What a batch write did: the ids inserted, and the documents refused with the reason.
-_WriteResult = tuple[set[str], list[tuple[_Pending, str]]]
+#: What a batch write did: the ids inserted, the documents refused with the reason, and
+#: the positions in the batch of documents whose ``_id`` is stored with other content
+#: (``None``: not compared by the write, see :meth:`_Importer.stored`).
+_WriteResult = tuple[set[str], list[tuple[_Pending, str]], set[int] | None]
 
 
 class _Sampler:
@@ -853,7 +921,7 @@ class _Importer:
         ``payload`` is the batch as COPY text (see :func:`copy_payload`).
         """
         if self.options.dry_run:
-            return set(), []
+            return set(), [], None
         self._staging()
         try:
             with self.conn.transaction():
@@ -871,8 +939,18 @@ class _Importer:
                         ).format(self.table)
                     )
                     inserted = {str(r[0]) for r in cur.fetchall()}
+                    # Compared where the documents already are, before the
+                    # staging rows go at commit: nothing more is sent.
+                    cur.execute(
+                        sql.SQL(
+                            "SELECT st.seq FROM nvsentinel_migrate_staging AS st JOIN {} AS s "
+                            "ON s.id = nvsentinel_document_uuid(st.document -> '_id') "
+                            "WHERE s.document IS DISTINCT FROM st.document"
+                        ).format(self.table)
+                    )
+                    differ = {int(r[0]) for r in cur.fetchall()}
                 self._capture(True)
-            return inserted, []
+            return inserted, [], differ
         except psycopg.OperationalError:
             raise
         except psycopg.DatabaseError:
@@ -901,7 +979,7 @@ class _Importer:
                 if row is not None:
                     inserted.add(str(row[0]))
             self._capture(True)
-        return inserted, refused
+        return inserted, refused, None
 
     def _capture(self, on: bool) -> None:
         if self.options.capture_changes:
@@ -921,6 +999,47 @@ class _Importer:
         ).fetchall()
         self.conn.commit()
         return {str(r[0]) for r in rows}
+
+    def stored(self, pendings: Sequence[_Pending]) -> dict[int, bool]:
+        """Which of ``pendings`` the table holds under their ``_id``: index -> same content.
+
+        Compared as jsonb (key order and number spelling do not matter). Should
+        the database refuse a document's text (possible in a dry run, which
+        writes nothing), the stored copies are compared here instead.
+        """
+        if not pendings:
+            return {}
+        ids = [p.id for p in pendings]
+        texts = [p.text for p in pendings]
+        try:
+            with self.conn.transaction():
+                rows = self.conn.execute(
+                    sql.SQL(
+                        "SELECT t.n, s.document = t.doc::jsonb FROM unnest(%s::text[], %s::text[]) "
+                        "WITH ORDINALITY AS t(id, doc, n) JOIN {} AS s "
+                        "ON s.id = nvsentinel_document_uuid(to_jsonb(t.id))"
+                    ).format(self.table),
+                    (ids, texts),
+                ).fetchall()
+            self.conn.commit()
+            return {int(r[0]) - 1: bool(r[1]) for r in rows}
+        except psycopg.OperationalError:
+            raise
+        except psycopg.DatabaseError:
+            self.conn.rollback()
+        rows = self.conn.execute(
+            sql.SQL("SELECT " + _ID_TEXT + ", document FROM {} WHERE " + _IDS_MATCH).format(
+                self.table
+            ),
+            (ids,),
+        ).fetchall()
+        self.conn.commit()
+        held = {str(r[0]): r[1] for r in rows}
+        return {
+            i: json_equal(json.loads(p.text), held[p.id])
+            for i, p in enumerate(pendings)
+            if p.id in held
+        }
 
     def event_id_owners(self, event_ids: Sequence[str]) -> dict[str, str]:
         """eventId -> id of the stored maintenance events that hold those eventIds."""
@@ -946,6 +1065,7 @@ def migrate(
     *,
     on_progress: ProgressCallback | None = None,
     on_reject: RejectCallback | None = None,
+    on_conflict: ConflictCallback | None = None,
 ) -> MigrationReport:
     """Import every source into its table; verify afterwards when ``options.verify``.
 
@@ -990,6 +1110,7 @@ def migrate(
                 on_progress,
                 on_reject,
                 executor,
+                on_conflict,
             )
             try:
                 for source in mine:
@@ -1044,6 +1165,7 @@ class _CollectionRun:
         on_progress: ProgressCallback | None,
         on_reject: RejectCallback | None,
         executor: ThreadPoolExecutor,
+        on_conflict: ConflictCallback | None = None,
     ) -> None:
         self.importer = _Importer(conn, collection, options)
         self.executor = executor
@@ -1055,6 +1177,7 @@ class _CollectionRun:
         self.sampler = sampler
         self.on_progress = on_progress
         self.on_reject = on_reject
+        self.on_conflict = on_conflict
         self.started = time.monotonic()
         self.last_report = 0.0
         self.source_name = ""
@@ -1106,7 +1229,7 @@ class _CollectionRun:
         batch, future = self.in_flight
         self.in_flight = None
         try:
-            inserted, refused = future.result()
+            inserted, refused, differ_at = future.result()
         except psycopg.OperationalError as err:
             raise StoreUnavailableError(
                 f"{self.collection}: the connection to the target was lost during a batch "
@@ -1119,7 +1242,13 @@ class _CollectionRun:
         candidates = [
             p for p in batch if dry_run or (p.id not in inserted and id(p) not in refused_at)
         ]
-        present = self.importer.present([p.id for p in candidates])
+        if differ_at is None:
+            state = self.importer.stored(candidates)
+            present = {candidates[i].id for i in state}
+            differ = {id(candidates[i]) for i, same in state.items() if not same}
+        else:
+            present = self.importer.present([p.id for p in candidates])
+            differ = {id(batch[i]) for i in differ_at}
         owners = self.importer.event_id_owners(
             [p.event_id for p in candidates if p.event_id is not None]
         )
@@ -1128,6 +1257,18 @@ class _CollectionRun:
             reason = refused_at.get(id(pending))
             if reason is not None:
                 self.reject(pending.where, reason, pending.raw, pending.id)
+                continue
+            if id(pending) in differ:
+                # Stored under this _id with other content: the stored copy is kept.
+                self.summary.already_present += 1
+                conflict = Conflict(self.collection, pending.id, pending.where)
+                self.summary.conflicts.append(conflict)
+                if self.on_conflict is not None:
+                    self.on_conflict(conflict)
+                counted.add(pending.id)
+                self.seen_ids.add(pending.id)
+                if not self.options.keep_existing:
+                    self.sampler.offer(pending.id, pending.text)
                 continue
             if pending.id in self.seen_ids or pending.id in counted:
                 self.summary.already_present += 1

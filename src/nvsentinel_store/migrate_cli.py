@@ -12,7 +12,10 @@ source's or the other way round.
 
 Exit codes: 0 everything imported (and verified, with ``--verify``); 1 some
 documents were rejected or verification found a difference; 2 bad usage or
-configuration; 4 a database unreachable; 5 other database errors.
+configuration; 4 a database unreachable; 5 other database errors; 6 documents
+whose ``_id`` the target already holds with different content (the stored
+copies are kept; listed with ``_id`` and ``file:line``), unless
+``--keep-existing``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from nvsentinel_store.store import COLLECTIONS
 
 EXIT_OK: Final = 0
 EXIT_ATTENTION: Final = 1
+#: Documents already stored with different content (without --keep-existing).
+EXIT_CONFLICT: Final = 6
 #: Progress lines when stderr is not a terminal: one every this many seconds.
 LOG_INTERVAL_S: Final = 10.0
 #: Reject reasons printed on stderr before the rest are only counted.
@@ -62,8 +67,16 @@ connect as nvsentinel_migrator (DATASTORE_USERNAME=nvsentinel_migrator, the
 postgresql-migration-cert client certificate). --capture-changes imports as
 any role with INSERT and turns every document into an insert change.
 
+existing documents: a document whose _id is stored with the same content
+counts as already present. One stored with different content (e.g. updated
+by the services since the first run) is never overwritten: it is listed as a
+conflict (_id and file:line) and the exit code is 6, unless --keep-existing
+says keeping the stored copies is intended (exit 0, still listed).
+
 exit codes: 0 all imported (and verified); 1 documents rejected or
-verification failed; 2 usage or configuration; 4 unreachable; 5 database error.
+verification failed; 2 usage or configuration; 4 unreachable; 5 database
+error; 6 documents stored with different content (without --keep-existing;
+1 when both apply).
 """
 
 
@@ -126,6 +139,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         type=_positive_int,
         default=migrate.DEFAULT_BATCH_SIZE,
         help=f"documents per COPY batch and transaction (default {migrate.DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--keep-existing",
+        action="store_true",
+        help="documents whose _id is already stored with different content keep the stored "
+        "copy and do not fail the run (exit 0; they are still listed)",
     )
     parser.add_argument(
         "--capture-changes",
@@ -330,6 +349,24 @@ class _Rejects:
             self.progress.message(f"further rejects are only counted{where}")
 
 
+class _Conflicts:
+    """Shows the first documents stored with different content on stderr as they are found."""
+
+    def __init__(self, progress: _Progress) -> None:
+        self.progress = progress
+        self.count = 0
+
+    def __call__(self, conflict: migrate.Conflict) -> None:
+        self.count += 1
+        if self.count <= SHOWN_REJECTS:
+            self.progress.message(
+                f"conflict {conflict.collection} {conflict.where}: _id {conflict.id} is "
+                "already stored with different content (the stored copy is kept)"
+            )
+        elif self.count == SHOWN_REJECTS + 1:
+            self.progress.message("further conflicts are listed in the summary")
+
+
 def run(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> int:
     """Run ``migrate``; prints the summary on ``out`` and progress and rejects on ``err``."""
     collections = tuple(args.collection or COLLECTIONS)
@@ -339,6 +376,7 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) 
         capture_changes=args.capture_changes,
         verify=args.verify,
         sample_size=args.sample,
+        keep_existing=args.keep_existing,
     )
     progress = _Progress(err, args.progress)
     with contextlib.ExitStack() as stack:
@@ -352,15 +390,30 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) 
             rejects_stream = stack.enter_context(args.rejects.open("w", encoding="utf-8"))
         rejects = _Rejects(rejects_stream, progress)
         conn = stack.enter_context(_connect_target(settings))
-        report = migrate.migrate(conn, sources, options, on_progress=progress, on_reject=rejects)
-    print_report(report, out, args.rejects)
+        report = migrate.migrate(
+            conn,
+            sources,
+            options,
+            on_progress=progress,
+            on_reject=rejects,
+            on_conflict=_Conflicts(progress),
+        )
+    print_report(report, out, args.rejects, keep_existing=args.keep_existing)
     if report.rejected or report.verified is False:
         return EXIT_ATTENTION
+    if report.conflicts and not args.keep_existing:
+        return EXIT_CONFLICT
     return EXIT_OK
 
 
-def print_report(report: migrate.MigrationReport, out: TextIO, rejects: Path | None) -> None:
-    """The per-collection summary (and verification) as an aligned table."""
+def print_report(
+    report: migrate.MigrationReport,
+    out: TextIO,
+    rejects: Path | None,
+    *,
+    keep_existing: bool = False,
+) -> None:
+    """The per-collection summary (and verification) as an aligned table, then conflicts."""
     imported = "would import" if report.dry_run else "imported"
     header = ("collection", "read", imported, "already present", "rejected", "in PostgreSQL")
     rows = [
@@ -387,6 +440,19 @@ def print_report(report: migrate.MigrationReport, out: TextIO, rejects: Path | N
     if report.rejected:
         where = f"; see {rejects}" if rejects is not None else " (use --rejects FILE to keep them)"
         print(f"{report.rejected:,} document(s) rejected{where}", file=out)
+    conflicts = report.conflicts
+    if conflicts:
+        outcome = (
+            "kept the stored copies (--keep-existing)"
+            if keep_existing
+            else "the stored copies are kept; pass --keep-existing if that is intended"
+        )
+        print(
+            f"{len(conflicts):,} document(s) already stored with different content; {outcome}:",
+            file=out,
+        )
+        for conflict in conflicts:
+            print(f"  {conflict.collection} _id {conflict.id} at {conflict.where}", file=out)
     if report.verify is None:
         return
     print("", file=out)

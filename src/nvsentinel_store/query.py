@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Any, Final
 
 from nvsentinel_store.errors import QueryError
@@ -37,6 +39,15 @@ FIELD_OPERATORS: Final = frozenset(
 )
 LOGICAL_OPERATORS: Final = frozenset({"$and", "$or", "$nor"})
 RANGE_OPS: Final = frozenset({"gt", "gte", "lt", "lte"})
+#: The deepest nesting of objects and arrays accepted in a filter (``--match``) or
+#: a migrated document; the outermost object is level 1. Checked before anything
+#: recursive runs, far below Python's recursion limit (MongoDB's own limit is 100).
+MAX_NESTING_DEPTH: Final = 100
+
+_JSON_STRING: Final = re.compile(r'"(?:[^"\\]+|\\.)*"', re.DOTALL)
+#: Every byte but the four brackets (outside JSON strings, brackets are ASCII).
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP: Final = tuple(1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256))
 
 Path = tuple[str, ...]
 
@@ -108,6 +119,39 @@ def to_json_value(value: Any, where: str = "document") -> Any:
     raise QueryError(f"{where}: values of type {type(value).__name__} cannot be stored")
 
 
+def json_text_too_deep(text: str, limit: int = MAX_NESTING_DEPTH) -> bool:
+    """Whether the JSON ``text`` nests objects and arrays deeper than ``limit``.
+
+    A scan of the text (brackets inside strings do not count), without parsing
+    it: safe on input that would exhaust the recursion of ``json.loads``.
+    """
+    if text.count("{") + text.count("[") <= limit:
+        return False
+    # Without a backslash before a quote, every other piece between quotes is a
+    # string; otherwise (escaped quotes) the strings are matched one by one.
+    escaped = '\\"' in text
+    outside = _JSON_STRING.sub("", text) if escaped else "".join(text.split('"')[::2])
+    brackets = outside.encode("utf-8", "surrogatepass").translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0) > limit
+
+
+def value_too_deep(value: Any, limit: int = MAX_NESTING_DEPTH) -> bool:
+    """Whether mappings and lists in ``value`` nest deeper than ``limit`` (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def split_path(key: str) -> Path:
     """A dotted field path as its parts; rejects empty parts, ``$`` parts and array indexes."""
     if not isinstance(key, str) or not key:
@@ -129,6 +173,16 @@ def parse_filter(filter: Mapping[str, Any] | None) -> Node:
         return MATCH_ALL
     if not isinstance(filter, Mapping):
         raise QueryError(f"a filter must be a mapping, got {type(filter).__name__}")
+    if value_too_deep(filter):
+        raise QueryError(
+            f"a filter may nest objects and arrays at most {MAX_NESTING_DEPTH} levels deep"
+        )
+    return _parse_filter(filter)
+
+
+def _parse_filter(filter: Mapping[str, Any]) -> Node:
+    if not isinstance(filter, Mapping):
+        raise QueryError(f"a filter must be a mapping, got {type(filter).__name__}")
     parts: list[Node] = []
     for key, value in filter.items():
         if isinstance(key, str) and key.startswith("$"):
@@ -143,7 +197,7 @@ def _parse_logical(key: str, value: Any) -> Node:
         raise QueryError(f"unsupported query operator {key!r} (supported: $and, $or, $nor)")
     if not isinstance(value, Sequence) or isinstance(value, str) or not value:
         raise QueryError(f"{key} needs a non-empty list of filters")
-    children = tuple(parse_filter(item) for item in value)
+    children = tuple(_parse_filter(item) for item in value)
     if key == "$and":
         return And(children)
     if key == "$or":

@@ -67,6 +67,8 @@ SCENARIOS = (
             "global.datastore.credentialsFromSecret.name=nvsentinel-db",
             "global.datastore.caFromSecret.name=nvsentinel-db-ca",
             "schema.credentialsFromSecret.name=nvsentinel-db-migrator",
+            "changelogRetention.credentialsFromSecret.name=nvsentinel-db-pruner",
+            "services.platform-connectors.credentialsFromSecret.name=nvsentinel-db-platform-connectors",
             STORE_TOOLS,
         ),
         in_cluster=False,
@@ -148,6 +150,27 @@ def datastore_clients(objects: tuple[dict[str, Any], ...]) -> list[dict[str, Any
         )
 
     return [obj for obj in objects if is_client(obj)]
+
+
+def expected_client_identity(obj: dict[str, Any], provider: str) -> tuple[str, str | None]:
+    """The client certificate Secret a datastore client mounts and the DATASTORE_USERNAME
+    it overrides (None: the ConfigMap's shared username), with client certificates.
+
+    On PostgreSQL each service has its own login role and certificate, the prune
+    CronJob the pruner's, the schema Job the migration role's; the store tools and
+    the helm test pod share ``postgresql-client-cert`` (connection.username). On
+    MongoDB every client shares ``mongodb-client-cert``.
+    """
+    kind, name = obj["kind"], obj["metadata"]["name"]
+    if provider != "postgresql":
+        return f"{provider}-client-cert", None
+    if kind == "Job":
+        return "postgresql-migration-cert", "nvsentinel_migrator"
+    if kind == "CronJob":
+        return "nvsentinel-postgresql-pruner-cert", "nvsentinel_pruner"
+    if kind == "Deployment" and name in SERVICES:
+        return f"postgresql-client-cert-{name}", "nvsentinel_" + name.replace("-", "_")
+    return "postgresql-client-cert", None
 
 
 def env_map(container: dict[str, Any]) -> dict[str, Any]:

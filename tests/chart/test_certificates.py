@@ -9,6 +9,7 @@ import pytest
 
 from tests.chart.scenarios import BY_NAME, SCENARIOS, Scenario, rendered
 from tests.fixtures import chart
+from tests.fixtures.chart import SERVICES
 
 pytestmark = pytest.mark.chart
 
@@ -114,7 +115,12 @@ def test_leaf_certificates_renew_before_expiry_with_a_new_key(scenario: Scenario
 
 def test_external_server_gets_client_certificates_but_no_server_certificate() -> None:
     objects = rendered(BY_NAME["postgresql-external-certificate"])
-    assert set(certificates(objects)) == {"postgresql-client-cert", "postgresql-migration-cert"}
+    assert set(certificates(objects)) == {
+        "postgresql-client-cert",
+        "postgresql-migration-cert",
+        "nvsentinel-postgresql-pruner-cert",
+        *(f"postgresql-client-cert-{name}" for name in SERVICES),
+    }
 
 
 def test_password_credentials_issue_no_certificate() -> None:

@@ -68,7 +68,7 @@ def test_prune_cronjob_defaults_hourly_seven_days_forbid_and_history_limits() ->
     assert pod_labels(cronjob)["app.kubernetes.io/name"] == "changelog-prune"
 
 
-def test_prune_cronjob_runs_psql_from_the_schema_jobs_image_as_the_application_user() -> None:
+def test_prune_cronjob_runs_psql_from_the_schema_jobs_image_as_the_pruner_role() -> None:
     objects = rendered(PRODUCTION)
     (cronjob,) = prune_cronjobs(objects)
     container = prune_container(cronjob)
@@ -77,22 +77,25 @@ def test_prune_cronjob_runs_psql_from_the_schema_jobs_image_as_the_application_u
     assert container["image"] == pod_spec(schema_job)["containers"][0]["image"]
     assert "datastore_changelog_prune(:'max_age')" in container["args"][0]
     env = env_map(container)
-    # No username override: DATASTORE_USERNAME (nvsentinel, the CN of postgresql-client-cert)
-    # comes from the ConfigMap; EXECUTE on the function is granted to nvsentinel_app.
-    assert "DATASTORE_USERNAME" not in env
+    # The pruner, not the application: EXECUTE on the function is granted to
+    # nvsentinel_pruner only, the CN of the certificate only this CronJob mounts.
+    assert env["DATASTORE_USERNAME"]["value"] == "nvsentinel_pruner"
     assert env["PGUSER"]["value"] == "$(DATASTORE_USERNAME)"
     assert env["PGSSLMODE"]["value"] == "$(DATASTORE_SSLMODE)"
     secrets = [v["secret"]["secretName"] for v in pod_spec(cronjob)["volumes"] if "secret" in v]
-    assert secrets == ["postgresql-client-cert"]
+    assert secrets == ["nvsentinel-postgresql-pruner-cert"]
+    cert = chart.find(objects, "Certificate", "nvsentinel-postgresql-pruner-cert")
+    assert cert["spec"]["commonName"] == "nvsentinel_pruner"
     init = [c["name"] for c in pod_spec(cronjob)["initContainers"]]
     assert init == ["fix-cert-permissions"], "a short-lived pod needs no refresher"
 
 
-def test_prune_cronjob_uses_the_application_password_with_an_external_server() -> None:
+def test_prune_cronjob_uses_the_pruner_password_with_an_external_server() -> None:
     (cronjob,) = prune_cronjobs(rendered(BY_NAME["postgresql-external-password"]))
     env = env_map(prune_container(cronjob))
+    assert env["DATASTORE_USERNAME"]["value"] == "nvsentinel_pruner"
     assert env["DATASTORE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-        "name": "nvsentinel-db",
+        "name": "nvsentinel-db-pruner",
         "key": "password",
     }
     assert env["PGPASSWORD"]["value"] == "$(DATASTORE_PASSWORD)"

@@ -24,6 +24,7 @@ from tests.chart.scenarios import (
     Scenario,
     datastore_clients,
     env_map,
+    expected_client_identity,
     pod_labels,
     pod_spec,
     rendered,
@@ -78,11 +79,7 @@ def test_every_datastore_client_gets_its_certificate_through_fix_cert_permission
         spec = pod_spec(obj)
         assert spec["initContainers"][0]["name"] == "fix-cert-permissions", name
         volumes = {v["name"]: v for v in spec["volumes"]}
-        expected_secret = (
-            "postgresql-migration-cert"
-            if obj["kind"] == "Job"
-            else f"{scenario.provider}-client-cert"
-        )
+        expected_secret, expected_user = expected_client_identity(obj, scenario.provider)
         assert volumes["datastore-client-cert-secret"]["secret"]["secretName"] == expected_secret
         assert volumes["datastore-client-cert"]["emptyDir"]["medium"] == "Memory"
         fix = init_container(obj, "fix-cert-permissions")
@@ -99,6 +96,8 @@ def test_every_datastore_client_gets_its_certificate_through_fix_cert_permission
                 "readOnly": True,
             } in container["volumeMounts"], (name, container["name"])
             assert "DATASTORE_PASSWORD" not in env
+            user = env.get("DATASTORE_USERNAME", {}).get("value")
+            assert user == expected_user, (name, container["name"])
 
 
 @pytest.mark.parametrize("scenario", CLIENT_CERT, ids=lambda s: s.name)
@@ -142,13 +141,23 @@ def test_password_auth_mounts_no_client_cert_and_reads_the_password_from_the_sec
                 "items": [{"key": "ca.crt", "path": "ca.crt"}],
             }
         ], name
-        expected = "nvsentinel-db-migrator" if obj["kind"] == "Job" else "nvsentinel-db"
+        # The schema Job, the prune CronJob and platform-connectors (the scenario gives it
+        # its own role's password) log in as their own roles; the others share one login.
+        expected, user = {
+            "Job": ("nvsentinel-db-migrator", "nvsentinel_migrator"),
+            "CronJob": ("nvsentinel-db-pruner", "nvsentinel_pruner"),
+            "platform-connectors": (
+                "nvsentinel-db-platform-connectors",
+                "nvsentinel_platform_connectors",
+            ),
+        }.get(obj["kind"] if obj["kind"] != "Deployment" else name, ("nvsentinel-db", None))
         for container in connecting_containers(obj):
             password = env_map(container)["DATASTORE_PASSWORD"]
             assert password == {
                 "name": "DATASTORE_PASSWORD",
                 "valueFrom": {"secretKeyRef": {"name": expected, "key": "password"}},
             }, (name, container["name"])
+            assert env_map(container).get("DATASTORE_USERNAME", {}).get("value") == user, name
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
@@ -295,7 +304,7 @@ def test_fix_cert_permissions_fails_loudly_when_the_secret_is_incomplete(tmp_pat
     )
     assert result.returncode != 0
     assert "tls.key is missing or empty" in result.stderr
-    assert "postgresql-client-cert" in result.stderr
+    assert "postgresql-client-cert-node-drainer" in result.stderr
 
 
 def test_client_cert_refresher_copies_a_renewed_certificate_and_stops_on_sigterm(
@@ -341,7 +350,7 @@ def test_client_cert_refresher_copies_a_renewed_certificate_and_stops_on_sigterm
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
-    assert "client-cert-refresher: copied postgresql-client-cert" in out
+    assert "client-cert-refresher: copied postgresql-client-cert-fault-quarantine" in out
 
 
 def test_every_image_names_its_registry_and_a_mirror_replaces_it() -> None:
@@ -365,3 +374,149 @@ def test_every_image_names_its_registry_and_a_mirror_replaces_it() -> None:
         chart.render(["values-postgresql.yaml"], ["global.imageRegistry=mirror.internal:5000"])
     )
     assert mirrored and all(i.startswith("mirror.internal:5000/") for i in mirrored), mirrored
+
+
+# -- identities: one login, certificate and ServiceAccount per pod kind ------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_every_certificate_a_client_mounts_names_the_user_it_logs_in_as(
+    scenario: Scenario,
+) -> None:
+    objects = rendered(scenario)
+    if scenario.password_auth:
+        assert not chart.of_kind(objects, "Certificate")
+        return
+    common_names = {
+        c["spec"]["secretName"]: c["spec"]["commonName"]
+        for c in chart.of_kind(objects, "Certificate")
+    }
+    config = chart.find(objects, "ConfigMap", "nvsentinel-datastore-config")["data"]
+    for obj in datastore_clients(objects):
+        secret, user = expected_client_identity(obj, scenario.provider)
+        assert common_names[secret] == (user or config["DATASTORE_USERNAME"]), obj["metadata"]
+
+
+@pytest.mark.parametrize(
+    "scenario", [s for s in CLIENT_CERT if s.provider == "postgresql"], ids=lambda s: s.name
+)
+def test_each_service_logs_in_as_its_own_role_with_its_own_certificate(
+    scenario: Scenario,
+) -> None:
+    objects = rendered(scenario)
+    services = [o for o in datastore_clients(objects) if o["metadata"]["name"] in SERVICES]
+    users = {env_map(pod_spec(o)["containers"][0])["DATASTORE_USERNAME"]["value"] for o in services}
+    secrets = {
+        v["secret"]["secretName"] for o in services for v in pod_spec(o)["volumes"] if "secret" in v
+    }
+    assert len(users) == len(secrets) == len(SERVICES)
+    assert "nvsentinel" not in users
+    # bootstrap.sql creates every one of them (the chart's initdb ConfigMap passes the list)
+    if scenario.in_cluster:
+        initdb = chart.find(objects, "ConfigMap", "nvsentinel-postgresql-initdb")["data"]
+        listed = initdb["bootstrap.sql"].split("\\set service_users '", 1)[1].split("'", 1)[0]
+        assert set(listed.split()) == users
+
+
+def test_a_service_login_role_can_be_overridden_and_reaches_its_certificate() -> None:
+    objects = chart.render(
+        ["values-postgresql.yaml"], ["services.node-drainer.datastoreUser=drainer_role"]
+    )
+    dep = chart.find(objects, "Deployment", "node-drainer")
+    env = env_map(pod_spec(dep)["containers"][0])
+    assert env["DATASTORE_USERNAME"]["value"] == "drainer_role"
+    cert = chart.find(objects, "Certificate", "postgresql-client-cert-node-drainer")
+    assert cert["spec"]["commonName"] == "drainer_role"
+
+
+@pytest.mark.parametrize(
+    "scenario", [s for s in SCENARIOS if s.provider == "postgresql"], ids=lambda s: s.name
+)
+def test_only_the_prune_cronjob_mounts_the_pruner_certificate(scenario: Scenario) -> None:
+    objects = rendered(scenario)
+    pruner = "nvsentinel-postgresql-pruner-cert"
+    mounting = []
+    workloads = {"Deployment", "StatefulSet", "Job", "CronJob", "Pod"}
+    for obj in (o for o in objects if o["kind"] in workloads):
+        for volume in pod_spec(obj).get("volumes", []):
+            projected = [
+                s.get("secret", {}).get("name")
+                for s in volume.get("projected", {}).get("sources", [])
+            ]
+            if pruner in (volume.get("secret", {}).get("secretName"), *projected):
+                mounting.append(f"{obj['kind']}/{obj['metadata']['name']}")
+    if scenario.password_auth:
+        assert mounting == []
+        return
+    assert mounting == ["CronJob/nvsentinel-changelog-prune"]
+    cert = chart.find(objects, "Certificate", pruner)
+    assert cert["spec"]["commonName"] == "nvsentinel_pruner"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_each_datastore_client_runs_as_its_own_service_account_without_an_unneeded_token(
+    scenario: Scenario,
+) -> None:
+    objects = rendered(scenario)
+    accounts = {a["metadata"]["name"]: a for a in chart.of_kind(objects, "ServiceAccount")}
+    used = []
+    for obj in datastore_clients(objects):
+        spec = pod_spec(obj)
+        account = spec["serviceAccountName"]
+        assert account in accounts, account
+        assert accounts[account]["automountServiceAccountToken"] is False
+        used.append(account)
+        if obj["metadata"]["name"] not in SERVICES:
+            assert spec["automountServiceAccountToken"] is False, obj["metadata"]["name"]
+    assert len(used) == len(set(used))
+    assert "default" not in used
+    schema = [o for o in datastore_clients(objects) if o["kind"] == "Job"]
+    for job in schema:
+        assert pod_spec(job)["serviceAccountName"] == "nvsentinel-schema"
+    analyzer = chart.find(objects, "Deployment", "health-events-analyzer")
+    assert pod_spec(analyzer)["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_the_charts_own_datastore_clients_egress_only_to_the_store_and_dns(
+    scenario: Scenario,
+) -> None:
+    objects = rendered(scenario)
+    policy = chart.find(objects, "NetworkPolicy", "nvsentinel-datastore-client-egress")["spec"]
+    assert policy["policyTypes"] == ["Egress"]
+    selector = policy["podSelector"]
+    assert selector["matchLabels"][CLIENT_LABEL] == "true"
+    selected = set(selector["matchExpressions"][0]["values"])
+    for obj in datastore_clients(objects):
+        name = pod_labels(obj)["app.kubernetes.io/name"]
+        assert (name in selected) == (name not in SERVICES), name
+    store, dns = policy["egress"]
+    port = 5432 if scenario.provider == "postgresql" else 27017
+    assert store["ports"] == [{"port": port, "protocol": "TCP"}]
+    if scenario.in_cluster:
+        assert store["to"] == [
+            {
+                "podSelector": {
+                    "matchLabels": {
+                        "app.kubernetes.io/name": scenario.provider,
+                        "app.kubernetes.io/instance": "nvsentinel",
+                    }
+                }
+            }
+        ]
+    else:
+        assert "to" not in store
+    assert dns == {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+
+
+def test_services_egress_can_be_restricted_with_extra_rules() -> None:
+    objects = chart.render(
+        ["values-postgresql.yaml"],
+        [
+            "networkPolicy.egress.services=true",
+            "networkPolicy.egress.extraRules[0].ports[0].port=6443",
+        ],
+    )
+    policy = chart.find(objects, "NetworkPolicy", "nvsentinel-datastore-client-egress")["spec"]
+    assert set(SERVICES) <= set(policy["podSelector"]["matchExpressions"][0]["values"])
+    assert policy["egress"][-1] == {"ports": [{"port": 6443}]}

@@ -18,6 +18,7 @@ import yaml
 from tests.chart.subcharts import (
     container,
     env,
+    helm_template,
     mount_of,
     pod_labels,
     pod_spec,
@@ -121,7 +122,7 @@ def test_probes_ping_over_tls_with_the_server_certificate() -> None:
 
 
 def test_root_password_lives_in_a_secret_read_from_a_file() -> None:
-    objects = render()
+    objects = render("auth.rootPassword=" + "p" * 32)
     secret = chart.find(objects, "Secret", "nvsentinel-mongodb")
     password = base64.b64decode(secret["data"]["root-password"]).decode()
     assert len(password) >= 32
@@ -134,6 +135,38 @@ def test_root_password_lives_in_a_secret_read_from_a_file() -> None:
     assert not chart.of_kind(external, "Secret")
     spec = pod_spec(statefulset(external))
     assert volume(spec, "auth")["secret"]["secretName"] == "ops-mongo"
+
+
+def test_rendered_without_a_cluster_no_root_password_is_generated() -> None:
+    """helm template (GitOps) cannot see an existing Secret: rather than a new random
+    password on every render, which would no longer match the root user mongod
+    created on its first start, no Secret is rendered and the pods reference
+    `<release>-mongodb`, which the operator creates once (or auth.existingSecret)."""
+    first, second = (helm_template("mongodb").stdout for _ in range(2))
+    assert first == second, "two renders differ"
+    first = render()
+    assert not chart.of_kind(first, "Secret")
+    for workload in (statefulset(first), init_job(first)):
+        assert volume(pod_spec(workload), "auth")["secret"]["secretName"] == "nvsentinel-mongodb"
+    readme = (subchart_path("mongodb") / "README.md").read_text()
+    assert "kubectl create secret generic <release>-mongodb" in readme
+
+
+def test_existing_secret_renders_no_secret_and_every_pod_reads_it() -> None:
+    objects = render("auth.existingSecret=ops-mongo", "auth.rootPasswordKey=pw")
+    assert not chart.of_kind(objects, "Secret")
+    for workload in (statefulset(objects), init_job(objects)):
+        spec = pod_spec(workload)
+        assert volume(spec, "auth")["secret"]["secretName"] == "ops-mongo"
+    values = env(container(pod_spec(statefulset(objects)), "mongod"))
+    assert values["MONGO_INITDB_ROOT_PASSWORD_FILE"].endswith("/pw")
+
+
+def test_development_root_password_is_the_same_on_every_render() -> None:
+    renders = [helm_template("mongodb", ["auth.rootPassword=dev-root"]).stdout for _ in range(2)]
+    assert renders[0] == renders[1]
+    first = chart.find(render("auth.rootPassword=dev-root"), "Secret", "nvsentinel-mongodb")
+    assert base64.b64decode(first["data"]["root-password"]).decode() == "dev-root"
 
 
 def test_init_job_is_a_plain_object_not_a_helm_hook() -> None:
@@ -169,7 +202,7 @@ def test_init_job_name_changes_when_its_work_changes_and_only_then() -> None:
 def test_network_policy_admits_only_datastore_clients_and_the_init_job() -> None:
     objects = render()
     policy = chart.find(objects, "NetworkPolicy", "nvsentinel-mongodb")["spec"]
-    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
     assert selects(policy["podSelector"]["matchLabels"], pod_labels(statefulset(objects)))
     [rule] = policy["ingress"]
     assert rule["ports"] == [{"port": 27017, "protocol": "TCP"}]
@@ -177,6 +210,28 @@ def test_network_policy_admits_only_datastore_clients_and_the_init_job() -> None
     assert all(set(peer) == {"podSelector"} for peer in peers)
     assert peers[0]["podSelector"]["matchLabels"] == CLIENT_LABEL
     assert selects(peers[1]["podSelector"]["matchLabels"], pod_labels(init_job(objects)))
+
+
+def test_network_policy_lets_mongod_egress_only_to_dns_and_replica_set_members() -> None:
+    objects = render()
+    policy = chart.find(objects, "NetworkPolicy", "nvsentinel-mongodb")["spec"]
+    assert "Egress" in policy["policyTypes"]
+    dns, members = policy["egress"]
+    assert "to" not in dns
+    assert dns["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    assert members["ports"] == [{"port": 27017, "protocol": "TCP"}]
+    [peer] = members["to"]
+    assert set(peer) == {"podSelector"}, "replica set members are pods of this namespace"
+    mongod = pod_labels(statefulset(objects))
+    assert selects(peer["podSelector"]["matchLabels"], mongod)
+    # Not the init Job, not a datastore client: only mongod pods are peers.
+    assert not selects(peer["podSelector"]["matchLabels"], pod_labels(init_job(objects)))
+    assert not selects(peer["podSelector"]["matchLabels"], CLIENT_LABEL)
+    narrowed = render(
+        "networkPolicy.dnsPeers[0].podSelector.matchLabels.k8s-app=kube-dns",
+    )
+    dns = chart.find(narrowed, "NetworkPolicy", "nvsentinel-mongodb")["spec"]["egress"][0]
+    assert dns["to"] == [{"podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
 
 
 def test_every_container_runs_as_mongodb_without_capabilities_or_a_writable_root() -> None:

@@ -5,8 +5,10 @@ NetworkPolicy, the optional exporter and backups, and a strict values schema."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
+import tempfile
 from typing import Any
 
 import pytest
@@ -145,16 +147,77 @@ def test_password_users_and_addresses_follow_values() -> None:
     ]
 
 
+def ident_map(text: str) -> list[list[str]]:
+    """The records of a pg_ident.conf (comments and blank lines dropped)."""
+    return [fields for line in text.splitlines() if (fields := line.split("#", 1)[0].split())]
+
+
 def test_exporter_role_reaches_the_socket_only_through_the_ident_map() -> None:
     files = config_files(render())
     rules = parse_pg_hba(files["pg_hba.conf"])
-    local = {(r.users, r.method, r.options) for r in rules if r.type == "local"}
+    local = {(r.database, r.users, r.method, r.options) for r in rules if r.type == "local"}
     assert local == {
-        (("postgres",), "peer", ()),
-        (("nvsentinel_monitor",), "peer", ("map=exporter",)),
+        ("all", ("postgres",), "peer", ()),
+        ("nvsentinel", ("nvsentinel_monitor",), "peer", ("map=exporter",)),
     }
-    ident = [line.split() for line in files["pg_ident.conf"].splitlines()]
-    assert ["exporter", "postgres", "nvsentinel_monitor"] in ident
+    assert ident_map(files["pg_ident.conf"]) == [["exporter", "nobody", "nvsentinel_monitor"]]
+
+
+def test_exporter_runs_under_its_own_uid_so_peer_authentication_cannot_make_it_postgres() -> None:
+    """The exporter's uid is not the server's: peer authentication reports its own OS
+    user (`nobody`, uid 65534 in the postgres image), which the ident map admits as
+    the monitor role and nothing else; `local all postgres peer` needs the OS user
+    postgres, which only the server's uid is."""
+    objects = render("metrics.enabled=true")
+    spec = pod_spec(statefulset(objects))
+    server_uid = spec["securityContext"]["runAsUser"]
+    exporter = container(spec, "metrics")
+    security = exporter["securityContext"]
+    assert security["runAsUser"] == 65534 != server_uid
+    assert security["runAsGroup"] == 65534
+    for other in ("postgresql", "reloader"):
+        assert "runAsUser" not in container(spec, other)["securityContext"], other
+    # The rest of the hardening is kept.
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    files = config_files(objects)
+    mapped = [m for m in ident_map(files["pg_ident.conf"]) if m[0] == "exporter"]
+    assert mapped == [["exporter", "nobody", "nvsentinel_monitor"]]
+    peer_rules = [r for r in parse_pg_hba(files["pg_hba.conf"]) if r.method == "peer"]
+    for rule in peer_rules:
+        # A rule without the map takes the OS user name as the role: only postgres, whose
+        # OS user is the server's uid.
+        assert "map=exporter" in rule.options or rule.users == ("postgres",), rule
+    dsn = dict(part.split("=", 1) for part in env(exporter)["DATA_SOURCE_NAME"].split())
+    assert dsn["user"] == "nvsentinel_monitor" and dsn["dbname"] == "nvsentinel"
+
+
+def test_exporter_under_the_server_uid_or_as_postgres_is_refused() -> None:
+    message = render_error(
+        "postgresql", ["metrics.enabled=true", "metrics.securityContext.runAsUser=999"]
+    )
+    assert "metrics.securityContext.runAsUser" in message and "postgres" in message
+    message = render_error("postgresql", ["metrics.osUser=postgres"])
+    assert "/metrics/osUser" in message
+
+
+def test_hostssl_rules_for_the_nvsentinel_roles_name_the_nvsentinel_database() -> None:
+    """Every rule that can admit a remote client names the NVSentinel database; only the
+    superuser's reject rules say `all` (they refuse every database)."""
+    for settings in ((), PASSWORD_MODE, ("auth.database=events",)):
+        database = "events" if settings == ("auth.database=events",) else "nvsentinel"
+        rules = parse_pg_hba(config_files(render(*settings))["pg_hba.conf"])
+        for rule in rules:
+            if rule.type == "hostssl" and rule.method != "reject":
+                assert rule.database == database, (settings, rule)
+            if rule.database == "all":
+                assert rule.users == ("postgres",), (settings, rule)
+
+
+def test_schema_refuses_a_pg_hba_keyword_as_the_database() -> None:
+    message = render_error("postgresql", ["auth.database=all"])
+    assert "/auth/database" in message
 
 
 # --- TLS ---------------------------------------------------------------------
@@ -358,7 +421,7 @@ def test_disruption_budget_selects_the_server_pod() -> None:
 def test_network_policy_admits_only_datastore_clients_and_own_pods_to_5432() -> None:
     objects = render("backup.enabled=true")
     policy = chart.find(objects, "NetworkPolicy", "x-postgresql")["spec"]
-    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
     assert selects(policy["podSelector"]["matchLabels"], pod_labels(statefulset(objects)))
     [rule] = policy["ingress"]
     assert rule["ports"] == [{"port": 5432, "protocol": "TCP"}]
@@ -371,11 +434,61 @@ def test_network_policy_admits_only_datastore_clients_and_own_pods_to_5432() -> 
     assert not any(selects(p["podSelector"]["matchLabels"], unlabelled) for p in peers)
 
 
-def test_network_policy_opens_the_metrics_port_to_the_namespace_only_with_metrics() -> None:
-    objects = render("metrics.enabled=true")
+SCRAPER_LABEL = {"nvsentinel.nvidia.com/metrics-scraper": "true"}
+
+
+def metrics_peers(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rules = chart.find(objects, "NetworkPolicy", "x-postgresql")["spec"]["ingress"]
-    metrics_rule = [r for r in rules if r["ports"] == [{"port": 9187, "protocol": "TCP"}]]
-    assert metrics_rule and metrics_rule[0]["from"] == [{"podSelector": {}}]
+    [metrics_rule] = [r for r in rules if r["ports"] == [{"port": 9187, "protocol": "TCP"}]]
+    peers: list[dict[str, Any]] = metrics_rule["from"]
+    return peers
+
+
+def test_network_policy_admits_the_metrics_port_only_from_labelled_scrapers() -> None:
+    rules = chart.find(render(), "NetworkPolicy", "x-postgresql")["spec"]["ingress"]
+    assert all(r["ports"] != [{"port": 9187, "protocol": "TCP"}] for r in rules)
+
+    peers = metrics_peers(render("metrics.enabled=true"))
+    assert peers == [{"podSelector": {"matchLabels": SCRAPER_LABEL}}]
+    # An unlabelled pod of the namespace (a datastore client, say) is not a scraper.
+    assert not selects(peers[0]["podSelector"]["matchLabels"], CLIENT_LABEL)
+
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    objects = render_subchart(
+        "postgresql",
+        (
+            "metrics.enabled=true",
+            "metrics.scraperSelector.app=my-scraper",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+            "networkPolicy.metricsFrom[0].podSelector.matchLabels.app\\.kubernetes\\.io/name=prometheus",
+        ),
+    )
+    assert metrics_peers(objects) == [
+        {"podSelector": {"matchLabels": {**SCRAPER_LABEL, "app": "my-scraper"}}},
+        prometheus,
+    ]
+
+
+@pytest.mark.parametrize("settings", [(), EVERYTHING], ids=["default", "everything-on"])
+def test_network_policy_lets_postgresql_egress_only_to_dns(settings: tuple[str, ...]) -> None:
+    policy = chart.find(render(*settings), "NetworkPolicy", "x-postgresql")["spec"]
+    assert "Egress" in policy["policyTypes"]
+    assert policy["egress"] == [
+        {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+    ]
+    dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}
+    narrowed = render_subchart(
+        "postgresql",
+        (
+            "networkPolicy.dnsPeers[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=kube-system",
+        ),
+    )
+    [rule] = chart.find(narrowed, "NetworkPolicy", "x-postgresql")["spec"]["egress"]
+    assert rule["to"] == [dns]
+    assert {p["port"] for p in rule["ports"]} == {53}
 
 
 # --- metrics and backup ------------------------------------------------------------------
@@ -459,6 +572,45 @@ def test_schema_rejects_a_wrong_type_and_names_the_key() -> None:
 def test_schema_refuses_overriding_a_setting_the_chart_manages() -> None:
     message = render_error("postgresql", ["config.parameters.ssl=off"])
     assert "/config/parameters/ssl" in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1MB\nssl = off", "1MB\r\nssl = off", "1MB\\' ssl = off #"],
+    ids=["newline", "crlf", "backslash"],
+)
+def test_schema_refuses_a_parameter_value_that_could_add_a_setting(value: str) -> None:
+    result = chart_subprocess_set_string("config.parameters.work_mem", value)
+    assert result.returncode != 0, "rendered"
+    message = result.stderr + result.stdout
+    assert "/config/parameters/work_mem" in message and "does not match pattern" in message
+
+
+def test_parameter_values_with_quotes_stay_one_quoted_setting() -> None:
+    conf_text = config_files(
+        render_subchart("postgresql", ('config.parameters.search_path="$user"\\, public',))
+    )["postgresql.conf"]
+    assert parse_postgresql_conf(conf_text)["search_path"] == '"$user", public'
+    quoted = render_subchart("postgresql", ("config.parameters.application_name=it's",))
+    assert "application_name = 'it''s'" in config_files(quoted)["postgresql.conf"]
+
+
+def chart_subprocess_set_string(key: str, value: str) -> subprocess.CompletedProcess[str]:
+    """helm template of the subchart with one string value given in a values file
+    (so neither the shell nor --set's escapes touch it)."""
+    tree: dict[str, Any] = {}
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as values:
+        json.dump(tree, values)
+        values.flush()
+        cmd = [str(chart.HELM), "template", "x", str(subchart_path("postgresql"))]
+        return subprocess.run(
+            [*cmd, "--values", values.name], capture_output=True, text=True, check=False
+        )
 
 
 def test_schema_refuses_a_tls_version_below_1_2() -> None:

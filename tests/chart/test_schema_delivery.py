@@ -154,7 +154,18 @@ def test_schema_job_is_skipped_for_mongodb_and_when_disabled() -> None:
 def test_initdb_configmap_is_bootstrap_sql_under_the_name_the_subchart_mounts() -> None:
     objects = rendered(PRODUCTION)
     initdb = chart.find(objects, "ConfigMap", "nvsentinel-postgresql-initdb")
-    assert initdb["data"] == {"bootstrap.sql": (FILES / "bootstrap.sql").read_text()}
+    assert set(initdb["data"]) == {"bootstrap.sql"}
+    # bootstrap.sql itself, after the psql variables only this chart knows, each set
+    # only when the caller did not pass it
+    text, bootstrap = initdb["data"]["bootstrap.sql"], (FILES / "bootstrap.sql").read_text()
+    assert text.endswith(bootstrap)
+    header = text[: -len(bootstrap)].splitlines()
+    assert [line.split()[1] for line in header if line.startswith("\\set ")] == [
+        "service_users",
+        "service_statement_timeout",
+        "service_idle_in_transaction_timeout",
+    ]
+    assert sum(line.startswith("\\if :{?") for line in header) == 3
     statefulset = chart.find(objects, "StatefulSet", "nvsentinel-postgresql")
     mounted = {
         v["configMap"]["name"]

@@ -128,6 +128,7 @@ def changed(path: tuple[str, ...], value: Any) -> Any:
             "env": [{"name": "ZZ", "value": "1"}],
             "imagePullSecrets": [{"name": "zz"}],
             "tolerations": [{"key": "zz", "operator": "Exists"}],
+            "extraRules": [{"ports": [{"port": 1}]}],
         }[path[-1]]
     if isinstance(value, dict):
         return {"zz": "1"}

@@ -21,6 +21,7 @@ PASSWORD = (
     "global.datastore.credentialsFromSecret.name=db",
     "global.datastore.caFromSecret.name=db-ca",
     "schema.credentialsFromSecret.name=db-migrator",
+    "changelogRetention.credentialsFromSecret.name=db-pruner",
 )
 
 # (id, --set assignments, fragments the error must contain)
@@ -111,6 +112,109 @@ REFUSED = [
             '"nvsentinel_migrator"',
             "schema.job.enabled=false",
         ],
+    ),
+    (
+        "password-without-verification",
+        (*PASSWORD, "global.datastore.connection.sslmode=require"),
+        ['global.datastore.connection.sslmode is "require"', "password auth", "verify-full"],
+    ),
+    (
+        "password-over-plaintext",
+        (*PASSWORD, "global.datastore.connection.sslmode=disable"),
+        ['global.datastore.connection.sslmode is "disable"', "password auth", "verify-full"],
+    ),
+    (
+        "password-without-pruner-credentials",
+        (*PASSWORD[:-1],),
+        [
+            "changelogRetention.credentialsFromSecret.name is empty",
+            "nvsentinel_pruner",
+            "changelogRetention.enabled=false",
+        ],
+    ),
+    (
+        "app-user-is-the-migrator",
+        (
+            "global.datastore.provider=postgresql",
+            "postgresql.enabled=true",
+            "mongodb.enabled=false",
+            "global.datastore.connection.username=nvsentinel_migrator",
+            "postgresql.auth.appUser=nvsentinel_migrator",
+        ),
+        [
+            "global.datastore.connection.username (and postgresql.auth.appUser)",
+            '"nvsentinel_migrator"',
+            "the migration role (schema.migrationUsername)",
+        ],
+    ),
+    (
+        "app-user-is-the-backup-role",
+        (
+            "global.datastore.provider=postgresql",
+            "postgresql.enabled=true",
+            "mongodb.enabled=false",
+            "global.datastore.connection.username=nvsentinel_backup",
+            "postgresql.auth.appUser=nvsentinel_backup",
+        ),
+        ['"nvsentinel_backup"', "the backup role (postgresql.auth.backupUser)"],
+    ),
+    (
+        "app-user-is-the-monitor-role",
+        (
+            "global.datastore.provider=postgresql",
+            "postgresql.enabled=true",
+            "mongodb.enabled=false",
+            "global.datastore.connection.username=nvsentinel_monitor",
+            "postgresql.auth.appUser=nvsentinel_monitor",
+        ),
+        ['"nvsentinel_monitor"', "the monitor role (postgresql.auth.monitorUser)"],
+    ),
+    (
+        "app-user-is-the-superuser",
+        (*EXTERNAL_PG, "global.datastore.connection.username=postgres"),
+        ["global.datastore.connection.username", '"postgres"', "the superuser"],
+    ),
+    (
+        "service-user-is-the-pruner",
+        (*EXTERNAL_PG, "services.node-drainer.datastoreUser=nvsentinel_pruner"),
+        ["services.node-drainer.datastoreUser", '"nvsentinel_pruner"', "the pruner role"],
+    ),
+    (
+        "service-user-is-the-migrator",
+        (*EXTERNAL_PG, "services.fault-quarantine.datastoreUser=nvsentinel_migrator"),
+        ["services.fault-quarantine.datastoreUser", '"nvsentinel_migrator"', "migration role"],
+    ),
+    (
+        "two-services-share-a-user",
+        (
+            *EXTERNAL_PG,
+            "services.fault-quarantine.datastoreUser=nvsentinel_shared",
+            "services.node-drainer.datastoreUser=nvsentinel_shared",
+        ),
+        [
+            "services.node-drainer.datastoreUser",
+            '"nvsentinel_shared"',
+            "services.fault-quarantine.datastoreUser",
+            "distinct",
+        ],
+    ),
+    (
+        "service-user-is-the-shared-login",
+        (*EXTERNAL_PG, "services.csp-health-monitor.datastoreUser=nvsentinel"),
+        [
+            "services.csp-health-monitor.datastoreUser",
+            '"nvsentinel"',
+            "global.datastore.connection.username",
+        ],
+    ),
+    (
+        "password-service-user-is-the-shared-login",
+        (
+            *PASSWORD,
+            "services.node-drainer.credentialsFromSecret.name=db-drainer",
+            "services.node-drainer.datastoreUser=nvsentinel",
+        ),
+        ["services.node-drainer.datastoreUser", '"nvsentinel"', "distinct"],
     ),
     (
         "ca-secret-without-credentials",
@@ -219,15 +323,6 @@ def test_release_names_too_long_for_the_store_services_are_refused() -> None:
     [
         pytest.param(PASSWORD, id="external-postgresql-with-password"),
         pytest.param((*EXTERNAL_PG,), id="external-postgresql-with-client-certificates"),
-        pytest.param(
-            (
-                *EXTERNAL_PG,
-                "global.datastore.credentialsFromSecret.name=db",
-                "global.datastore.connection.sslmode=disable",
-                "schema.job.enabled=false",
-            ),
-            id="external-postgresql-plaintext-password",
-        ),
         pytest.param(
             ("mongodb.enabled=false", "global.datastore.connection.host=mongo.example"),
             id="external-mongodb",

@@ -62,9 +62,10 @@ def test_changelog_prune_cronjob_is_stored_with_its_schedule_and_datastore_wirin
     assert pod.metadata.labels.get(CLIENT_LABEL) == "true"
     assert [c.name for c in pod.spec.init_containers or []] == ["fix-cert-permissions"]
     secrets = {v.secret.secret_name for v in pod.spec.volumes or [] if v.secret is not None}
-    assert secrets == {"postgresql-client-cert"}, secrets
+    assert secrets == {f"{installed.name}-postgresql-pruner-cert"}, secrets
     env = {e.name: e.value for e in pod.spec.containers[0].env or []}
     assert env["MAX_AGE"] == "7 days"
+    assert env["DATASTORE_USERNAME"] == "nvsentinel_pruner"
 
 
 def test_every_service_is_wired_to_postgresql(installed: Release) -> None:

@@ -30,6 +30,7 @@ from nvsentinel_store.errors import HistoryLostError
 from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
 from nvsentinel_store.store import ChangeEvent, WatchOptions
 from tests.datastore.subchart_scripts import BACKUP_USER, run_initdb_script, scripts
+from tests.datastore.test_prune_limits import backdate, pruner_store
 from tests.fixtures import chart
 from tests.fixtures.ca import Pki
 from tests.fixtures.postgres import (
@@ -389,7 +390,9 @@ def test_backup_cronjob_dump_restores_into_a_fresh_server_with_documents_trigger
 
         # Pruning works on the rebased history: it deletes what every live consumer
         # passed, and the consumer resumes after it without a gap.
-        pruned = {r.collection: r for r in restored.prune(0)}
+        backdate(target, consumers="*")  # two hours pass
+        with pruner_store(target) as pruner:
+            pruned = {r.collection: r for r in pruner.prune(3600)}
         passed = 9 + 1 + 2  # restored changes, the one before adoption, the two after
         assert pruned["health_events"].deleted_changes == passed
         after_prune = health.insert_one({"healthevent": {"nodename": "after-prune"}})

@@ -17,6 +17,7 @@ from nvsentinel_store.changestream import PostgresChangeStream
 from nvsentinel_store.errors import HistoryLostError, QueryError
 from nvsentinel_store.providers.postgresql import PostgresCollection, PostgresStore, StoreOptions
 from nvsentinel_store.store import ChangeEvent, WatchOptions
+from tests.datastore.test_prune_limits import backdate, pruner_store
 from tests.fixtures.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.datastore
@@ -148,7 +149,7 @@ def test_a_foreign_token_is_refused(events: PostgresCollection) -> None:
 
 
 def test_pruning_past_a_silent_consumer_loses_its_history(
-    store: PostgresStore, events: PostgresCollection
+    schema_database: PostgresDatabase, store: PostgresStore, events: PostgresCollection
 ) -> None:
     silent = events.watch(client_name="silent", options=FAST)
     silent.save_token()
@@ -157,10 +158,11 @@ def test_pruning_past_a_silent_consumer_loses_its_history(
     for n in range(10):
         events.insert_one(node_event(f"n{n}"))
     take(live, 10)
-    time.sleep(1.2)
+    backdate(schema_database, consumers="silent,live")  # two hours pass
     live.save_token()  # the live consumer stored its position within the max age
 
-    results = {r.collection: r for r in store.prune(1.0)}
+    with pruner_store(schema_database) as pruner:
+        results = {r.collection: r for r in pruner.prune(3600)}
     assert results["health_events"].deleted_changes == 10
     assert results["health_events"].expired_consumers == 1
 
@@ -173,17 +175,18 @@ def test_pruning_past_a_silent_consumer_loses_its_history(
 
 
 def test_pruning_keeps_what_a_live_consumer_has_not_read(
-    store: PostgresStore, events: PostgresCollection
+    schema_database: PostgresDatabase, store: PostgresStore, events: PostgresCollection
 ) -> None:
     lagging = events.watch(client_name="lagging", options=FAST)
     for n in range(10):
         events.insert_one(node_event(f"n{n}"))
     take(lagging, 3)
-    time.sleep(1.2)
+    backdate(schema_database, consumers="lagging")  # two hours pass
     lagging.save_token()
     lagging.close()
 
-    results = {r.collection: r for r in store.prune(1.0)}
+    with pruner_store(schema_database) as pruner:
+        results = {r.collection: r for r in pruner.prune(3600)}
     assert results["health_events"].deleted_changes == 3
     resumed = events.watch(client_name="lagging", options=FAST)
     nodes = [e["fullDocument"]["healthevent"]["nodename"] for e in take(resumed, 7)]
@@ -191,7 +194,7 @@ def test_pruning_keeps_what_a_live_consumer_has_not_read(
 
 
 def test_stream_without_a_consumer_name_reports_history_lost_mid_stream(
-    store: PostgresStore, events: PostgresCollection
+    schema_database: PostgresDatabase, store: PostgresStore, events: PostgresCollection
 ) -> None:
     stream = events.watch(from_beginning=True, options=FAST)
     for n in range(5):
@@ -199,7 +202,9 @@ def test_stream_without_a_consumer_name_reports_history_lost_mid_stream(
     take(stream, 2)  # reads the whole batch, returns two
     for n in range(5, 8):
         events.insert_one(node_event(f"n{n}"))
-    store.prune(0.0)
+    backdate(schema_database)  # every change older than the max age
+    with pruner_store(schema_database) as pruner:
+        pruner.prune(3600)
     with pytest.raises(HistoryLostError):
         take(stream, 6)
 

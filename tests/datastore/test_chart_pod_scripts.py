@@ -16,10 +16,11 @@ import psycopg
 import pytest
 
 from nvsentinel_store.changestream import PostgresChangeStream
-from nvsentinel_store.providers.postgresql import PostgresStore
+from nvsentinel_store.providers.postgresql import PRUNER_ROLE, PostgresStore
 from nvsentinel_store.store import ChangeEvent, WatchOptions
+from tests.datastore.test_prune_limits import ensure_pruner
 from tests.fixtures import chart
-from tests.fixtures.postgres import APP_USER, MIGRATION_USER, PostgresDatabase
+from tests.fixtures.postgres import MIGRATION_USER, PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 
@@ -181,10 +182,11 @@ FAST = WatchOptions(poll_interval=0.02)
 
 
 def prune_pod(objects: list[dict[str, Any]], db: PostgresDatabase, root: Path) -> Pod:
-    """The CronJob's pod with the application's certificate copied in by fix-cert-permissions."""
+    """The CronJob's pod with the pruner's certificate copied in by fix-cert-permissions."""
     cronjob = chart.find(objects, "CronJob", "nvsentinel-changelog-prune")
     pod = Pod(cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"], objects, db, root)
-    pod.copy_certificate(APP_USER)
+    ensure_pruner(db)
+    pod.copy_certificate(PRUNER_ROLE)
     return pod
 
 
@@ -237,7 +239,7 @@ def test_prune_cronjob_deletes_old_changes_and_keeps_those_a_live_consumer_has_n
     pruned = prune_pod(objects, schema_database, tmp_path / "prune").run("changelog-prune")
     assert pruned.returncode == 0, pruned.stdout + pruned.stderr
     assert "changes older than 7 days" in pruned.stdout
-    assert f"as {APP_USER}" in pruned.stdout
+    assert f"as {PRUNER_ROLE}" in pruned.stdout
     assert (
         "changelog-prune: health_events: deleted 3 change(s), expired 0 consumer(s)"
         in pruned.stdout

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 
 from nvsentinel_store import cli
-from nvsentinel_store.providers.postgresql import PostgresStore
+from nvsentinel_store.providers.postgresql import PRUNER_ROLE, PostgresStore
+from tests.datastore.test_prune_limits import backdate, ensure_pruner
 from tests.fixtures.postgres import MIGRATION_USER, PostgresDatabase
 
 pytestmark = pytest.mark.datastore
@@ -173,7 +174,9 @@ def test_watch_of_an_expired_consumer_exits_with_history_lost(
     stream.save_token()
     stream.close()
     events.insert_one({"healthevent": {"nodename": "n"}})
-    prune = run_cli(schema_database, "prune", "--max-age=0s")
+    backdate(schema_database, consumers="gone")  # two hours pass
+    ensure_pruner(schema_database)
+    prune = run_cli(schema_database, "prune", "--max-age=1h", user=PRUNER_ROLE)
     assert prune.returncode == 0, prune.stderr
     assert "health_events: deleted 1 change(s), expired 1 consumer(s)" in prune.stdout
 
@@ -320,3 +323,78 @@ def test_health_without_migration_files_reports_the_recorded_version(
     status, detail = health_table(result.stdout)["schema"]
     assert status == "ok"
     assert detail.startswith("version 4 (not compared with files")
+
+
+# -- usage errors of watch: refused while parsing, before any connection -------------
+
+
+def watch_usage_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """``watch ARGS`` in-process: must exit 2 (usage) while parsing; returns stderr."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["watch", "--collection=health_events", "--client-name=c", *args], env={})
+    assert info.value.code == cli.EXIT_USAGE
+    return capsys.readouterr().err
+
+
+def nested(depth: int) -> str:
+    """A $match filter whose objects and arrays nest ``depth`` levels ($and inside $and)."""
+    assert depth % 2 == 1
+    levels = (depth - 1) // 2
+    return '{"$and":[' * levels + '{"a":1}' + "]}" * levels
+
+
+@pytest.mark.parametrize("depth", [101, 100_001])
+def test_watch_match_nested_deeper_than_the_limit_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], depth: int
+) -> None:
+    err = watch_usage_error(capsys, "--match", nested(depth))
+    assert "at most 100 levels deep" in err
+    assert "Traceback" not in err and "RecursionError" not in err
+
+
+def test_watch_match_at_the_nesting_limit_is_accepted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for match in (nested(99), '{"a":' * 100 + "1" + "}" * 100):
+        args = cli.build_parser().parse_args(
+            ["watch", "--collection=health_events", "--client-name=c", "--match", match]
+        )
+        assert args.match == json.loads(match)
+    err = watch_usage_error(capsys, "--match", '{"a":' * 101 + "1" + "}" * 101)
+    assert "at most 100 levels deep" in err
+    brackets_in_strings = '{"a": "' + "[{" * 500 + '"}'
+    args = cli.build_parser().parse_args(
+        ["watch", "--collection=health_events", "--client-name=c", "--match", brackets_in_strings]
+    )
+    assert args.match == {"a": "[{" * 500}
+
+
+@pytest.mark.parametrize(
+    "match",
+    [
+        '{"fullDocument.healthevent.nodename": "n\\u00001"}',
+        '{"fullDocument.healthevent.nodename": {"$in": ["n1", "\\u0000"]}}',
+        '{"fullDocument.healthevent.node\\u0000name": "n1"}',
+    ],
+)
+def test_watch_match_with_a_nul_character_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], match: str
+) -> None:
+    err = watch_usage_error(capsys, "--match", match)
+    assert "NUL character" in err
+
+
+@pytest.mark.parametrize("port", ["65536", "99999", "-1", "abc", "9_090", "+9090", " 9090"])
+def test_watch_metrics_port_out_of_range_or_not_digits_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], port: str
+) -> None:
+    err = watch_usage_error(capsys, f"--metrics-port={port}")
+    assert f"{port!r} is not a port; expected 1 to 65535" in err
+
+
+@pytest.mark.parametrize("port", ["0", "1", "9090", "65535"])
+def test_watch_metrics_port_in_range_is_accepted(port: str) -> None:
+    args = cli.build_parser().parse_args(
+        ["watch", "--collection=health_events", "--client-name=c", f"--metrics-port={port}"]
+    )
+    assert args.metrics_port == int(port)

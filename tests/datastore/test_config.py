@@ -237,7 +237,25 @@ def test_non_integer_port_is_refused(pg_env: dict[str, str], value: str) -> None
     assert "integer from 1 to 65535" in message
 
 
-@pytest.mark.parametrize("value", ["0", "65536", "-1"])
+@pytest.mark.parametrize(
+    "value", ["5_5434", "-1", "+5432", " 5432", "5432 ", "\uff15\uff14\uff13\uff12"]
+)
+def test_port_that_is_not_plain_decimal_digits_is_refused(
+    pg_env: dict[str, str], value: str
+) -> None:
+    """int() takes underscores, signs, blanks and other scripts' digits; a port may not."""
+    pg_env["DATASTORE_PORT"] = value
+    message = config_error(pg_env)
+    assert f"DATASTORE_PORT={value!r} is not a port number" in message
+    assert "integer from 1 to 65535 (decimal digits only)" in message
+
+
+def test_port_with_leading_zeros_is_plain_digits_and_accepted(pg_env: dict[str, str]) -> None:
+    pg_env["DATASTORE_PORT"] = "05434"
+    assert Settings.from_env(pg_env).port == 5434
+
+
+@pytest.mark.parametrize("value", ["0", "65536", "99999999999"])
 def test_out_of_range_port_is_refused(pg_env: dict[str, str], value: str) -> None:
     pg_env["DATASTORE_PORT"] = value
     message = config_error(pg_env)

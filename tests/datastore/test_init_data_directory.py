@@ -8,6 +8,7 @@ that the next pod start would take for a finished cluster.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -160,3 +161,99 @@ def test_failed_bootstrap_leaves_no_cluster_and_the_next_start_succeeds(pod: Pod
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (pod.base / "data" / "pgdata.initialising").exists()
     assert pod.query(f"SELECT count(*) FROM pg_roles WHERE rolname = '{APP_USER}'") == "1"
+
+
+EXPORTER_OS_USER = "nobody"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another OS user needs root")
+def test_exporter_os_user_reaches_only_the_monitor_role_by_peer_authentication(pod: Pod) -> None:
+    """The rendered pg_hba.conf and pg_ident.conf on a real server: a client running as
+    the exporter's OS user (`metrics.osUser`, uid `metrics.securityContext.runAsUser`)
+    logs in over the socket as the monitor role to the NVSentinel database, and as
+    nothing else: not `postgres`, not the application role, not another database."""
+    assert pod.run().returncode == 0
+    objects = render_subchart("postgresql", ("metrics.enabled=true",))
+    sts = next(o for o in objects if o["kind"] == "StatefulSet")
+    exporter = next(
+        c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "metrics"
+    )
+    exporter_uid = exporter["securityContext"]["runAsUser"]
+    entry = pwd.getpwnam(EXPORTER_OS_USER)
+    assert entry.pw_uid == exporter_uid, "the chart's default exporter uid is nobody here too"
+    config = next(
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "x-postgresql-config"
+    )["data"]
+    assert EXPORTER_OS_USER in config["pg_ident.conf"]
+    config_dir = pod.base / "config"
+    config_dir.mkdir()
+    for name in ("pg_hba.conf", "pg_ident.conf"):
+        (config_dir / name).write_text(config[name])
+        (config_dir / name).chmod(0o644)
+
+    uid, gid = pod.account if pod.account is not None else (None, None)
+    socket = pod.base / "socket"
+    socket.mkdir(exist_ok=True)
+    socket.chmod(0o755)
+    if uid is not None:
+        os.chown(socket, uid, gid or -1)
+    log = str(socket / "server.log")
+    options = (
+        f"-c listen_addresses='' -c unix_socket_directories='{socket}'"
+        f" -c hba_file='{config_dir}/pg_hba.conf' -c ident_file='{config_dir}/pg_ident.conf'"
+    )
+
+    def as_server(*args: str) -> None:
+        subprocess.run(
+            [str(pod.bindir / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            user=uid,
+            group=gid,
+            extra_groups=[] if uid is not None else None,
+        )
+
+    def as_exporter(role: str, database: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(pod.bindir / "psql"),
+                "-XAt",
+                "-h",
+                str(socket),
+                "-U",
+                role,
+                "-d",
+                database,
+                "-c",
+                "SELECT current_user",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            user=entry.pw_uid,
+            group=entry.pw_gid,
+            extra_groups=[],
+            env={"PATH": os.environ["PATH"], "HOME": "/tmp"},
+        )
+
+    as_server("pg_ctl", "-D", str(pod.pgdata), "-l", log, "-w", "-o", options, "start")
+    try:
+        allowed = as_exporter(MONITOR_USER, "nvsentinel")
+        assert allowed.returncode == 0, allowed.stderr
+        assert allowed.stdout.strip() == MONITOR_USER
+        for role, database, refusal in (
+            ("postgres", "nvsentinel", "Peer authentication failed"),
+            ("postgres", "postgres", "Peer authentication failed"),
+            (APP_USER, "nvsentinel", "no pg_hba.conf entry"),
+            (MONITOR_USER, "postgres", "no pg_hba.conf entry"),
+        ):
+            refused = as_exporter(role, database)
+            assert refused.returncode != 0, (role, database)
+            assert refusal in refused.stderr, (role, database, refused.stderr)
+    finally:
+        as_server("pg_ctl", "-D", str(pod.pgdata), "-m", "fast", "-w", "stop")

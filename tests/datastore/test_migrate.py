@@ -741,3 +741,204 @@ def test_progress_line_is_redrawn_in_place_on_request(
     redraws = err.split("\r\033[K")
     assert len(redraws) > 6, err  # one per batch: 6 + 2 batches
     assert redraws[-1].startswith("maintenance_events: 60 read, 60 imported") and err.endswith("\n")
+
+
+# -- nesting limit -------------------------------------------------------------------------
+
+
+def nested_line(doc_id: str, depth: int, inner: str = "1") -> str:
+    """A health event whose objects and arrays nest ``depth`` levels (the document is 1)."""
+    levels = depth - 2  # the document and healthevent
+    value = '{"a":[' * (levels // 2) + ('{"a":' + inner + "}" if levels % 2 else inner)
+    value += "]}" * (levels // 2)
+    return f'{{"_id":"{doc_id}","healthevent":{{"nodename":"n1","x":{value}}}}}'
+
+
+@pytest.mark.parametrize("in_child", [False, True], ids=["in-process", "parser-process"])
+def test_a_line_nested_too_deep_is_rejected_with_its_line_and_the_rest_imports(
+    schema_database: PostgresDatabase, export_dir: Path, in_child: bool
+) -> None:
+    """Before: json.loads' RecursionError ended the import (in-process: a traceback; in the
+    parser process: 'reading failed') after the batches before it were committed."""
+    good = list(documents("health_events", 30, seed=31))
+    lines = [export_line(d) for d in good]
+    lines.insert(3, nested_line("at-limit", 100))
+    lines.insert(10, nested_line("one-too-deep", 101))
+    lines.insert(20, nested_line("very-deep", 100_000))
+    lines.insert(25, nested_line("deep-extended-json", 5_000, '{"$numberLong":"7"}'))
+    (export_dir / "health_events.json").write_text("\n".join(lines) + "\n")
+    rejects: list[migrate.Reject] = []
+
+    with psycopg.connect(schema_database.conninfo(user=MIGRATION_USER)) as conn:
+        report = migrate.migrate(
+            conn,
+            migrate.file_sources([export_dir], ["health_events"]),
+            migrate.MigrateOptions(batch_size=5, subprocess_min_bytes=0 if in_child else None),
+            on_reject=rejects.append,
+        )
+
+    counts = report.summaries["health_events"]
+    assert (counts.read, counts.imported, counts.rejected) == (34, 31, 3)
+    source = export_dir / "health_events.json"
+    assert [r.where for r in rejects] == [f"{source}:11", f"{source}:21", f"{source}:26"]
+    for reject in rejects:
+        assert "nested deeper than 100 levels" in reject.reason, reject.reason
+    rows = stored(schema_database, "health_events")
+    assert set(rows) == {str(d["_id"]) for d in good} | {"at-limit"}
+    assert rows["at-limit"] == json.loads(nested_line("at-limit", 100))
+
+
+def test_a_too_deep_line_is_a_reject_of_the_cli_and_exit_1(
+    schema_database: PostgresDatabase, export_dir: Path
+) -> None:
+    good = list(documents("health_events", 4, seed=32))
+    lines = [export_line(d) for d in good]
+    lines.insert(2, nested_line("very-deep", 50_000))
+    source = export_dir / "health_events.json"
+    source.write_text("\n".join(lines) + "\n")
+    rejects = export_dir / "rejects.ndjson"
+
+    code, out, err = run(schema_database, "--from-files", str(source), "--rejects", str(rejects))
+
+    assert code == 1, out + err
+    assert summary(out)["health_events"] == ["5", "4", "0", "1", "4"], out
+    assert f"{source}:3" in err and "nested deeper than 100 levels" in err
+    (record,) = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert record["where"] == f"{source}:3"
+
+
+class _FakeCollection:
+    """What _mongo_reader uses of a pymongo collection: name and find().sort()."""
+
+    name = "health_events"
+
+    def __init__(self, docs: list[dict[str, Any]]) -> None:
+        self.docs = docs
+
+    def find(self, *args: Any, **kwargs: Any) -> _FakeCollection:
+        return self
+
+    def sort(self, *args: Any) -> list[dict[str, Any]]:
+        return self.docs
+
+
+def test_a_live_document_nested_too_deep_is_rejected_by_its_id() -> None:
+    """BSON decoded by pymongo is checked before json_util or the conversion recurse."""
+    deep: Any = 1
+    for _ in range(5_000):
+        deep = {"a": [deep]}
+    at_limit: Any = 1
+    for _ in range(98):
+        at_limit = {"a": at_limit}
+    docs = [
+        {"_id": ObjectId("65f000000000000000000001"), "healthevent": {"nodename": "n", "x": deep}},
+        {"_id": "ok", "healthevent": at_limit},
+    ]
+    records = list(migrate._mongo_reader(_FakeCollection(docs), 10)())
+    assert records[0].document is None
+    assert records[0].where == "health_events _id 65f000000000000000000001"
+    assert records[0].error is not None and "nested deeper than 100 levels" in records[0].error
+    assert json.loads(records[0].raw) == {"_id": {"$oid": "65f000000000000000000001"}}
+    assert records[1].error is None and records[1].document == docs[1]
+
+
+# -- documents stored with different content ---------------------------------------------
+
+
+def test_a_document_stored_with_different_content_is_listed_and_fails_without_keep_existing(
+    schema_database: PostgresDatabase,
+    export_dir: Path,
+    exported: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Before: a re-run kept the stored copies silently and exited 0."""
+    assert run(schema_database, "--from-files", str(export_dir))[0] == 0
+    before = stored(schema_database, "health_events")
+    docs = exported["health_events"]
+    changed = {7: "first", 150: "second"}
+    for index, text in changed.items():
+        docs[index] = dict(docs[index], note=text)
+    source = write_export(export_dir / "health_events.json", docs, "relaxed")
+    ids = {index: str(docs[index]["_id"]) for index in changed}
+
+    code, out, err = run(schema_database, "--from-files", str(export_dir))
+
+    assert code == cli.EXIT_CONFLICT == 6, out + err
+    assert summary(out)["health_events"] == ["300", "0", "300", "0", "300"], out
+    assert "2 document(s) already stored with different content" in out
+    assert "pass --keep-existing" in out
+    for index, doc_id in ids.items():
+        assert f"health_events _id {doc_id} at {source}:{index + 1}" in out, out
+        assert f"conflict health_events {source}:{index + 1}: _id {doc_id}" in err, err
+    assert stored(schema_database, "health_events") == before, "stored copies are kept"
+
+    code, out, err = run(schema_database, "--from-files", str(export_dir), "--dry-run")
+    assert code == cli.EXIT_CONFLICT, out + err
+    assert "2 document(s) already stored with different content" in out
+
+    code, out, err = run(
+        schema_database, "--from-files", str(export_dir), "--keep-existing", "--verify"
+    )
+    assert code == 0, out + err
+    assert "2 document(s) already stored with different content; kept the stored" in out
+    for index, doc_id in ids.items():
+        assert f"health_events _id {doc_id} at {source}:{index + 1}" in out, out
+    assert out.rstrip().endswith("verified"), out
+    assert stored(schema_database, "health_events") == before
+
+
+def test_an_identical_document_in_another_key_order_is_no_conflict(
+    schema_database: PostgresDatabase, export_dir: Path
+) -> None:
+    source = export_dir / "health_events.json"
+    source.write_text('{"_id":"k","healthevent":{"nodename":"n1","agent":"a"},"n":1}\n')
+    assert run(schema_database, "--from-files", str(source))[0] == 0
+    source.write_text('{"n":1.0,"healthevent":{"agent":"a","nodename":"n1"},"_id":"k"}\n')
+    code, out, err = run(schema_database, "--from-files", str(source))
+    assert code == 0, out + err
+    assert "different content" not in out
+
+
+def test_migrate_help_documents_keep_existing_and_exit_code_6(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["migrate", "--help"], env={})
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--keep-existing" in text
+    assert "6 documents stored with different content (without --keep-existing" in text
+
+
+def test_two_copies_of_an_id_in_the_export_with_different_content_are_a_conflict(
+    schema_database: PostgresDatabase, export_dir: Path
+) -> None:
+    source = export_dir / "health_events.json"
+    source.write_text(
+        '{"_id":"twice","healthevent":{"nodename":"n1"}}\n'
+        '{"_id":"other","healthevent":{"nodename":"n2"}}\n'
+        '{"_id":"twice","healthevent":{"nodename":"n9"}}\n'
+        '{"_id":"other","healthevent":{"nodename":"n2"}}\n'
+    )
+    code, out, err = run(schema_database, "--from-files", str(source))
+    assert code == cli.EXIT_CONFLICT, out + err
+    assert summary(out)["health_events"] == ["4", "2", "2", "0", "2"], out
+    assert f"health_events _id twice at {source}:3" in out
+    assert "1 document(s) already stored with different content" in out
+    assert stored(schema_database, "health_events")["twice"]["healthevent"]["nodename"] == "n1"
+
+
+def test_a_dry_run_compares_even_a_document_postgresql_would_refuse(
+    schema_database: PostgresDatabase, export_dir: Path
+) -> None:
+    """The comparison of a dry run casts the documents to jsonb; one PostgreSQL refuses
+    (a lone surrogate) is compared with the stored copy in Python instead."""
+    source = export_dir / "health_events.json"
+    source.write_text('{"_id":"s","healthevent":{"nodename":"n1"}}\n')
+    assert run(schema_database, "--from-files", str(source))[0] == 0
+    source.write_text(
+        '{"_id":"s","healthevent":{"nodename":"n1","message":"\\ud800"}}\n'
+        '{"_id":"t","healthevent":{"nodename":"n2"}}\n'
+    )
+    code, out, err = run(schema_database, "--from-files", str(source), "--dry-run")
+    assert code == cli.EXIT_CONFLICT, out + err
+    assert f"health_events _id s at {source}:1" in out
+    assert summary(out)["health_events"] == ["2", "1", "1", "0", "1"], out

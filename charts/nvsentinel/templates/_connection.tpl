@@ -105,3 +105,57 @@ MONGODB_CLIENT_CERT_MOUNT_PATH
 {{- define "nvsentinel.datastore.isIP" -}}
 {{- if or (regexMatch "^[0-9]{1,3}(\\.[0-9]{1,3}){3}$" .) (contains ":" .) -}}true{{- end -}}
 {{- end -}}
+
+{{/* nvsentinel.datastore.perServiceIdentity: "true" when every service logs in as its own PostgreSQL role with its own client certificate (PostgreSQL, client-certificate auth), else empty (MongoDB, or password auth: the shared connection.username). */}}
+{{- define "nvsentinel.datastore.perServiceIdentity" -}}
+{{- if and (eq (include "nvsentinel.datastore.provider" .) "postgresql") (not (include "nvsentinel.datastore.passwordAuth" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.ownServiceIdentity: "true" when the service logs in as its own role: with client certificates (perServiceIdentity) always, with password auth when services.<name>.credentialsFromSecret.name holds that role's password; else empty (the shared connection.username); call with (dict "root" $ "name" "<service>"). */}}
+{{- define "nvsentinel.datastore.ownServiceIdentity" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- if or (include "nvsentinel.datastore.perServiceIdentity" .root) (and (include "nvsentinel.datastore.passwordAuth" .root) $svc.credentialsFromSecret.name) -}}true{{- end -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.serviceUser: a service's own PostgreSQL login role, services.<name>.datastoreUser or nvsentinel_<name with - as _>; call with (dict "root" $ "name" "<service>"). */}}
+{{- define "nvsentinel.datastore.serviceUser" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- $svc.datastoreUser | default (printf "nvsentinel_%s" (.name | replace "-" "_")) -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.serviceCertSecret: a service's own client certificate Secret, postgresql-client-cert-<service>; call with (dict "root" $ "name" "<service>"). */}}
+{{- define "nvsentinel.datastore.serviceCertSecret" -}}
+{{- printf "postgresql-client-cert-%s" .name -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.serviceUsers: space-separated login roles of every service (enabled or not, so enabling one later finds its role), for bootstrap.sql's service_users. */}}
+{{- define "nvsentinel.datastore.serviceUsers" -}}
+{{- $root := . -}}
+{{- $users := list -}}
+{{- range $name, $_ := .Values.services -}}
+{{- $users = append $users (include "nvsentinel.datastore.serviceUser" (dict "root" $root "name" $name)) -}}
+{{- end -}}
+{{- join " " $users -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.enabledServiceUsers: space-separated login roles of the enabled services that log in as their own role (ownServiceIdentity). */}}
+{{- define "nvsentinel.datastore.enabledServiceUsers" -}}
+{{- $root := . -}}
+{{- $users := list -}}
+{{- range $name, $svc := .Values.services -}}
+{{- if and $svc.enabled (include "nvsentinel.datastore.ownServiceIdentity" (dict "root" $root "name" $name)) -}}
+{{- $users = append $users (include "nvsentinel.datastore.serviceUser" (dict "root" $root "name" $name)) -}}
+{{- end -}}
+{{- end -}}
+{{- join " " $users -}}
+{{- end -}}
+
+{{/* nvsentinel.datastore.prunerUser: the PostgreSQL role the prune CronJob logs in as (fixed: the migrations grant it EXECUTE on datastore_changelog_prune). */}}
+{{- define "nvsentinel.datastore.prunerUser" -}}
+nvsentinel_pruner
+{{- end -}}
+
+{{/* nvsentinel.datastore.prunerCertSecret: the prune CronJob's client certificate Secret, <release>-postgresql-pruner-cert. */}}
+{{- define "nvsentinel.datastore.prunerCertSecret" -}}
+{{- printf "%s-postgresql-pruner-cert" .Release.Name -}}
+{{- end -}}

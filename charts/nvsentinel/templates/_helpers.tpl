@@ -66,3 +66,8 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* nvsentinel.serviceAccountName: a pod's own ServiceAccount, <release>-<component>; call with (dict "root" $ "component" "<name>"). */}}
+{{- define "nvsentinel.serviceAccountName" -}}
+{{- printf "%s-%s" .root.Release.Name .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

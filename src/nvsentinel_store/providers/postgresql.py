@@ -84,6 +84,12 @@ class StoreOptions:
     reconnect_max_delay: float = 5.0
 
 
+#: The only login role besides the schema owner that may run datastore_changelog_prune (0003).
+PRUNER_ROLE: Final = "nvsentinel_pruner"
+#: The smallest max age datastore_changelog_prune accepts (0003).
+PRUNE_MIN_AGE_SECONDS: Final = 3600
+
+
 @dataclass(frozen=True)
 class PruneResult:
     """What ``datastore_changelog_prune`` did for one collection."""
@@ -191,16 +197,29 @@ class PostgresStore(ClosingContext):
         return self.run(lambda c: delete_token(c, client_name, collection), "reset token")
 
     def prune(self, max_age_seconds: float) -> list[PruneResult]:
-        """Run ``datastore_changelog_prune``: expire silent consumers, delete old changes."""
+        """Run ``datastore_changelog_prune``: expire silent consumers, delete old changes.
+
+        Only the pruner role (:data:`PRUNER_ROLE`) and the schema owner may, and
+        the function refuses a max age below :data:`PRUNE_MIN_AGE_SECONDS`.
+        """
         if max_age_seconds < 0:
             raise QueryError(f"max age must not be negative, got {max_age_seconds}")
 
         def action(conn: Conn) -> list[PruneResult]:
-            rows = conn.execute(
-                "SELECT collection, deleted_changes, expired_consumers "
-                "FROM datastore_changelog_prune(make_interval(secs => %s))",
-                (max_age_seconds,),
-            ).fetchall()
+            try:
+                rows = conn.execute(
+                    "SELECT collection, deleted_changes, expired_consumers "
+                    "FROM datastore_changelog_prune(make_interval(secs => %s))",
+                    (max_age_seconds,),
+                ).fetchall()
+            except psycopg.errors.InsufficientPrivilege as err:
+                raise QueryError(
+                    f"prune: role {conn.info.user!r} may not run datastore_changelog_prune; "
+                    f"connect as {PRUNER_ROLE} (DATASTORE_USERNAME={PRUNER_ROLE} "
+                    "and its client certificate)"
+                ) from err
+            except psycopg.errors.InvalidParameterValue as err:
+                raise QueryError(f"prune: {_first_line(err)}") from err
             return [PruneResult(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
         return self.run(action, "prune")

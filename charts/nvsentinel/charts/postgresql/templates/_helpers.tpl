@@ -136,3 +136,20 @@ names initdb.sh bootstraps. The auth mount path is the same in both.
 - name: NVS_BACKUP_USER
   value: {{ .Values.auth.backupUser | quote }}
 {{- end -}}
+
+{{/*
+Security context of the exporter: the pod's container context with the
+exporter's own uid/gid (metrics.securityContext). Refuses the postgres uid or
+OS user name, which would let peer authentication make it the superuser.
+*/}}
+{{- define "postgresql.metricsSecurityContext" -}}
+{{- $ctx := mustMergeOverwrite (deepCopy .Values.containerSecurityContext) (deepCopy .Values.metrics.securityContext) -}}
+{{- $serverUid := .Values.podSecurityContext.runAsUser | default 999 -}}
+{{- if eq (int $ctx.runAsUser) (int $serverUid) -}}
+{{- fail (printf "postgresql.metrics.securityContext.runAsUser must differ from the server's uid %v: peer authentication on the socket would let the exporter log in as postgres" $serverUid) -}}
+{{- end -}}
+{{- if eq .Values.metrics.osUser "postgres" -}}
+{{- fail "postgresql.metrics.osUser must not be postgres: it names the exporter's own OS user, never the server's" -}}
+{{- end -}}
+{{- toYaml $ctx -}}
+{{- end -}}

@@ -16,6 +16,17 @@
 -- holds changes back, and when it returns below the pruned frontier
 -- (datastore_changelog_pruned, raised by the deletion itself) its reader raises
 -- the history-lost error.
+--
+-- Who may prune: only the pruner role nvsentinel_pruner (a LOGIN role made by
+-- bootstrap.sql, whose certificate only the prune CronJob mounts) and the
+-- owner; the services' role nvsentinel_app may not, since pruning expires other
+-- services' consumers. Whatever the caller, max_age must be at least
+-- 1 hour: a smaller one would erase the history every consumer is reading.
+--
+-- Every SECURITY DEFINER function here and in 0002/0004 runs with
+-- search_path = pg_catalog, public, pg_temp (pg_temp last: not naming it would
+-- search the caller's temporary schema first for types and relations) and
+-- names its types and relations schema-qualified.
 
 CREATE TABLE datastore_consumer_positions (
     client_owner   name NOT NULL DEFAULT current_user,
@@ -53,9 +64,10 @@ DECLARE
     n_deleted pg_catalog.int8;
     n_expired pg_catalog.int8;
 BEGIN
-    IF max_age IS NULL OR max_age < interval '0' THEN
-        RAISE EXCEPTION 'max_age must be a non-negative interval, got %', max_age
-            USING ERRCODE = 'invalid_parameter_value';
+    IF max_age IS NULL OR max_age < '1 hour'::pg_catalog.interval THEN
+        RAISE EXCEPTION 'max_age must be at least 1 hour, got %', max_age
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'the minimum keeps a prune from erasing the history consumers are reading';
     END IF;
     cutoff := pg_catalog.now() - max_age;
     PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('nvsentinel.datastore_changelog_prune'));
@@ -93,7 +105,7 @@ END
 $$;
 
 COMMENT ON FUNCTION datastore_changelog_prune(interval) IS
-    'Expire consumers silent for max_age, then delete changes older than max_age that every live consumer has passed';
+    'Expire consumers silent for max_age (at least 1 hour), then delete changes older than max_age that every live consumer has passed';
 
 -- Every consumer's progress, for health checks: names and lag, not positions.
 CREATE FUNCTION datastore_consumer_lag()
@@ -115,7 +127,16 @@ $$;
 
 REVOKE ALL ON FUNCTION datastore_changelog_prune(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION datastore_consumer_lag() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION datastore_changelog_prune(interval) TO nvsentinel_app;
+-- Pruning is the pruner's (see above), not the services'. Roles are cluster
+-- objects that bootstrap.sql makes, never a migration: the GRANT is made only
+-- when the role exists (bootstrap.sql creates it before the migrations run).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'nvsentinel_pruner') THEN
+        GRANT EXECUTE ON FUNCTION public.datastore_changelog_prune(interval) TO nvsentinel_pruner;
+    END IF;
+END
+$$;
 GRANT EXECUTE ON FUNCTION datastore_consumer_lag() TO nvsentinel_app;
 
 -- Health checks running as the application read this project's schema history.
