@@ -160,11 +160,17 @@ def assert_services_wired(release: Release, provider: str) -> None:
         init_names = [c.name for c in pod.spec.init_containers or []]
         assert "fix-cert-permissions" in init_names, f"{service} init containers: {init_names}"
         secrets = {v.secret.secret_name for v in pod.spec.volumes or [] if v.secret is not None}
-        assert secrets == {f"{provider}-client-cert"}, f"{service} mounts {secrets}"
         main = pod.spec.containers[0]
         sources = [e.config_map_ref.name for e in main.env_from or [] if e.config_map_ref]
         assert sources == [config_name], f"{service} envFrom {sources}"
         env = {e.name: e.value for e in main.env or []}
+        if provider == "postgresql":
+            # Each service its own login role and client certificate (CN = role).
+            role = "nvsentinel_" + service.replace("-", "_")
+            assert secrets == {f"postgresql-client-cert-{service}"}, f"{service} mounts {secrets}"
+            assert env.get("DATASTORE_USERNAME") == role, f"{service} logs in as {env}"
+        else:
+            assert secrets == {"mongodb-client-cert"}, f"{service} mounts {secrets}"
         mount_path = env.get(MOUNT_PATH_VARS[provider])
         assert mount_path, f"{service} lacks {MOUNT_PATH_VARS[provider]}: {sorted(env)}"
         assert other not in env, f"{service} still sets {other}"

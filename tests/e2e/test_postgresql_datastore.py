@@ -261,7 +261,10 @@ def test_the_chart_renders_a_network_policy_for_postgresql(installed: Installed)
     }
     policy = policies.get(f"{installed.release}-postgresql")
     assert policy is not None, sorted(policies)
-    assert policy.spec.policy_types == ["Ingress"]
+    assert policy.spec.policy_types == ["Ingress", "Egress"]
+    # PostgreSQL dials nothing but DNS.
+    egress_ports = {(p.port, p.protocol) for rule in policy.spec.egress for p in rule.ports}
+    assert egress_ports == {(53, "UDP"), (53, "TCP")}, egress_ports
     pod = client.CoreV1Api(installed.cluster.api).read_namespaced_pod(
         f"{installed.release}-postgresql-0", installed.namespace
     )
