@@ -41,7 +41,12 @@ from nvsentinel_store.errors import (
     StoreUnavailableError,
 )
 from nvsentinel_store.metrics import WatchMetrics
-from nvsentinel_store.query import MAX_NESTING_DEPTH, json_text_too_deep, value_too_deep
+from nvsentinel_store.query import (
+    MAX_NESTING_DEPTH,
+    contains_nul,
+    json_text_too_deep,
+    value_too_deep,
+)
 from nvsentinel_store.store import COLLECTIONS, WatchOptions
 
 EXIT_OK: Final = 0
@@ -88,16 +93,6 @@ def _metrics_port(text: str) -> int:
     return int(text)
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
 def _json_object(text: str) -> dict[str, Any]:
     """A --match filter: a JSON object at most MAX_NESTING_DEPTH levels deep, without NUL."""
     too_deep = argparse.ArgumentTypeError(
@@ -115,7 +110,7 @@ def _json_object(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"a $match filter is a JSON object, got {text!r}")
     if value_too_deep(value):
         raise too_deep
-    if _has_nul(value):
+    if contains_nul(value):
         raise argparse.ArgumentTypeError(
             "a $match filter cannot hold a NUL character (\\u0000): PostgreSQL cannot store "
             "or compare it"

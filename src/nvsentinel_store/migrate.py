@@ -99,6 +99,7 @@ from psycopg.rows import TupleRow
 from nvsentinel_store.errors import ConfigError, StoreUnavailableError
 from nvsentinel_store.query import (
     MAX_NESTING_DEPTH,
+    contains_nul,
     encode_datetime,
     json_equal,
     json_text_too_deep,
@@ -491,19 +492,9 @@ _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 def _dump(doc: dict[str, Any]) -> str:
     text = _ENCODER.encode(doc)
-    if "\\u0000" in text and _has_nul(doc):
+    if "\\u0000" in text and contains_nul(doc):
         raise InvalidDocument("a string holds a NUL character, which PostgreSQL cannot store")
     return text
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
 
 
 # -- sources ---------------------------------------------------------------------------

@@ -465,3 +465,14 @@ def updated_fields_resolver(updated: Mapping[str, Any]) -> Resolver:
         return [], (False, None)
 
     return look
+
+
+def contains_nul(value: Any) -> bool:
+    """Whether a JSON value holds a NUL character in a key or a string (PostgreSQL stores none)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(contains_nul(v) for v in value)
+    return False
