@@ -24,7 +24,7 @@ import pytest
 from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
 from nvsentinel_store.store import WatchOptions
 from tests.datastore.conftest import apply_schema
-from tests.fixtures.nvsentinel import apply_nvsentinel_migrations
+from tests.fixtures.nvsentinel import NVSENTINEL_MAINTENANCE_COLUMNS, apply_nvsentinel_migrations
 from tests.fixtures.postgres import APP_USER, MIGRATION_USER, PostgresDatabase
 
 #: Functions NVSentinel's files define; their text is NVSentinel's after its files run.
@@ -274,25 +274,6 @@ def rows_of(database: PostgresDatabase) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
-#: maintenance_events as NVSentinel's files create it.
-NVSENTINEL_MAINTENANCE_COLUMNS = {
-    "id",
-    "event_id",
-    "csp",
-    "cluster_name",
-    "node_name",
-    "status",
-    "csp_status",
-    "scheduled_start_time",
-    "actual_end_time",
-    "event_received_timestamp",
-    "last_updated_timestamp",
-    "document",
-    "created_at",
-    "updated_at",
-}
-
-
 def test_nvsentinel_maintenance_watchers_see_no_column_of_ours(
     schema_database: PostgresDatabase, store: PostgresStore
 ) -> None:
@@ -308,4 +289,4 @@ def test_nvsentinel_maintenance_watchers_see_no_column_of_ours(
     assert [r[0] for r in rows] == ["INSERT", "UPDATE"]
     for _, old, new in rows:
         for row in (old, new):
-            assert row is None or set(row) == NVSENTINEL_MAINTENANCE_COLUMNS
+            assert row is None or set(row) == set(NVSENTINEL_MAINTENANCE_COLUMNS)

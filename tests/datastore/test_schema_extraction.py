@@ -22,6 +22,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from nvsentinel_store.providers.postgresql import PostgresStore
+from tests.fixtures.nvsentinel import NVSENTINEL_MAINTENANCE_COLUMNS
 
 pytestmark = pytest.mark.datastore
 
@@ -541,23 +542,6 @@ MAINTENANCE_VALUES = (
     datetime(2026, 3, 30, 12, tzinfo=UTC),
     datetime(2026, 3, 30, 12, tzinfo=UTC),
 )
-#: NVSentinel's 00001 maintenance_events, column for column.
-NVSENTINEL_MAINTENANCE_TABLE = [
-    "id",
-    "event_id",
-    "csp",
-    "cluster_name",
-    "node_name",
-    "status",
-    "csp_status",
-    "scheduled_start_time",
-    "actual_end_time",
-    "event_received_timestamp",
-    "last_updated_timestamp",
-    "document",
-    "created_at",
-    "updated_at",
-]
 
 
 def test_maintenance_document_fills_every_column_and_event_id_is_unique(app_conn: Conn) -> None:
@@ -594,7 +578,7 @@ def test_maintenance_events_has_only_nvsentinels_columns(app_conn: Conn) -> None
         "SELECT attname FROM pg_attribute WHERE attrelid = 'maintenance_events'::regclass "
         "AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
     ).fetchall()
-    assert [n for (n,) in names] == NVSENTINEL_MAINTENANCE_TABLE
+    assert [n for (n,) in names] == list(NVSENTINEL_MAINTENANCE_COLUMNS)
 
 
 def test_lower_case_maintenance_keys_are_read_too(app_conn: Conn) -> None:
