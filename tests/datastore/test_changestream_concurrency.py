@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from nvsentinel_store.changestream import PostgresChangeStream
 from nvsentinel_store.providers.postgresql import PostgresStore
 from nvsentinel_store.store import WatchOptions
 from tests.fixtures.postgres import PostgresDatabase
@@ -79,6 +80,20 @@ def naive_poller(conninfo: str, stop: threading.Event, seen: list[tuple[str, int
             time.sleep(0.001)
 
 
+def drain(stream: PostgresChangeStream, delivered: list[Any], stop: threading.Event) -> None:
+    """Collect the stream's events until ``stop`` is set and nothing came for 0.5 s."""
+    idle_since = None
+    while True:
+        event = stream.try_next(timeout=0.05)
+        if event is not None:
+            delivered.append(event)
+            idle_since = None
+        elif stop.is_set():
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since > 0.5:
+                return
+
+
 def test_concurrent_writers_every_change_once_in_version_order(
     schema_database: PostgresDatabase, store: PostgresStore
 ) -> None:
@@ -90,20 +105,8 @@ def test_concurrent_writers_every_change_once_in_version_order(
     naive_seen: list[tuple[str, int]] = []
     failures: list[BaseException] = []
 
-    def consume() -> None:
-        idle_since = None
-        while True:
-            event = stream.try_next(timeout=0.05)
-            if event is not None:
-                delivered.append(event)
-                idle_since = None
-            elif stop.is_set():
-                idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since > 0.5:
-                    return
-
     conninfo = schema_database.conninfo()
-    consumer = threading.Thread(target=consume)
+    consumer = threading.Thread(target=drain, args=(stream, delivered, stop))
     naive = threading.Thread(target=naive_poller, args=(conninfo, stop, naive_seen))
     writers = [
         threading.Thread(target=writer, args=(conninfo, n, shared, failures))

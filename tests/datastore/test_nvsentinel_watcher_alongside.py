@@ -41,6 +41,7 @@ from tests.datastore.test_changestream_concurrency import (
     SHARED_DOCUMENTS,
     TRANSACTIONS_PER_WRITER,
     WRITERS,
+    drain,
     writer,
 )
 from tests.datastore.test_nvsentinel_client import BINARY, MISSING_BINARY, service_env
@@ -213,19 +214,7 @@ def test_our_stream_delivers_every_change_once_while_nvsentinels_watcher_runs(
     stop = threading.Event()
     failures: list[BaseException] = []
 
-    def consume() -> None:
-        idle_since = None
-        while True:
-            event = stream.try_next(timeout=0.05)
-            if event is not None:
-                delivered.append(event)
-                idle_since = None
-            elif stop.is_set():
-                idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since > 0.5:
-                    return
-
-    consumer = threading.Thread(target=consume)
+    consumer = threading.Thread(target=drain, args=(stream, delivered, stop))
     consumer.start()
     conninfo = schema_database.conninfo()
     try:
