@@ -95,15 +95,26 @@ stored positions (a consumer resumes before the first change it had not
 passed: it may see a change again, never miss one) and draws a new epoch, so
 a token handed out before the restore is refused, never misread.
 
-Wake-up: adaptive polling
-=========================
+Wake-up: notifications as a hint, polling for correctness
+========================================================
 
-The streams never rely on NVSentinel's ``pg_notify`` (which an operator may
-turn off: ``nvsentinel.notify_changes = off``). A stream polls again at once
-while polls return rows; after an empty poll it sleeps ``min_poll_interval``, doubling up to
-``poll_interval``. Writes made through the same :class:`Wakeup` (the same
-store object) wake its streams at once. Polling stays the correctness
-mechanism either way.
+A stream listens on NVSentinel's channel ``nvsentinel_changes`` on its own
+connection. NVSentinel's trigger sends one notification per change at commit
+(payload ``{"id", "table", "operation"}``), so an idle stream is woken as soon
+as a change of its collection commits and polls at once. The notification
+only says "poll now": what is delivered is still read by position, so a
+notification that is lost, late, or never sent (an operator turned them off:
+``nvsentinel.notify_changes = off``) delays a change, never loses it.
+
+A stream polls again at once while polls return rows; after an empty poll it
+waits ``min_poll_interval``, doubling up to ``poll_interval`` while the polls
+stay empty (an idle stream costs ``1 / poll_interval`` polls per second). The
+wait ends early at a notification for its collection, at a write made through
+the same store object (:class:`Wakeup`; this covers a process's own writes
+with notifications off), or when the stream is closed. The poll after a
+notification may still find the change held back by an older transaction
+that has not ended (see above); that transaction's own commit notifies, and
+the next poll delivers both.
 
 Connection loss: the stream reconnects with exponential backoff (up to
 ``reconnect_max_delay``) and continues from its cursor, so a server restart is
@@ -113,7 +124,10 @@ invisible to the consumer apart from the delay.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import select
+import socket
 import threading
 import time
 from collections import deque
@@ -211,26 +225,65 @@ def read_epoch(conn: psycopg.Connection[Any]) -> int:
     return int(row[0])
 
 
+class Doorbell:
+    """A wake-up a stream can wait for with ``select``, next to its connection's socket."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._reader.fileno()
+
+    def ring(self) -> None:
+        # A full buffer already means "wake up".
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._writer.send(b"\0")
+
+    def clear(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._reader.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
 class Wakeup:
     """Wakes the streams of one process when that process writes a collection."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._bells: dict[str, set[Doorbell]] = {}
 
     def notify(self, collection: str) -> None:
-        with self._cond:
-            self._counts[collection] = self._counts.get(collection, 0) + 1
-            self._cond.notify_all()
+        with self._lock:
+            bells = list(self._bells.get(collection, ()))
+        for bell in bells:
+            bell.ring()
 
-    def count(self, collection: str) -> int:
-        with self._cond:
-            return self._counts.get(collection, 0)
+    def subscribe(self, collection: str, bell: Doorbell) -> None:
+        with self._lock:
+            self._bells.setdefault(collection, set()).add(bell)
 
-    def wait(self, collection: str, seen: int, timeout: float) -> None:
-        """Sleep up to ``timeout`` unless ``collection`` was written after ``seen``."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._counts.get(collection, 0) != seen, timeout)
+    def unsubscribe(self, collection: str, bell: Doorbell) -> None:
+        with self._lock:
+            self._bells.get(collection, set()).discard(bell)
+
+
+#: NVSentinel's change notification channel (``log_table_changes``, migration 0001).
+NOTIFY_CHANNEL: Final = "nvsentinel_changes"
+
+
+def notifies_collection(payload: str, collection: str) -> bool:
+    """Whether a ``nvsentinel_changes`` payload is a change of ``collection``."""
+    try:
+        note = json.loads(payload)
+    except ValueError:
+        return False
+    return isinstance(note, dict) and note.get("table") == collection
 
 
 def parse_pipeline(pipeline: Pipeline | None) -> Node:
@@ -410,6 +463,9 @@ class PostgresChangeStream(ClosingContext):
         self._buffer: deque[tuple[Position, ChangeEvent]] = deque()
         self._closed = False
         self._stop = threading.Event()
+        self._bell = Doorbell()
+        if wakeup is not None:
+            wakeup.subscribe(collection, self._bell)
         self._idle = self._options.min_poll_interval
         self._reconnects = 0
         self._epoch: int | None = None
@@ -472,7 +528,6 @@ class PostgresChangeStream(ClosingContext):
                     self._observer.on_event(self._collection, self._client_name or "", event)
                 return event
             self._delivered = self._cursor
-            seen = self._wakeup.count(self._collection) if self._wakeup else 0
             read = self._poll_with_retry(deadline)
             if read > 0:
                 # Changes are flowing: poll again at once (unless the time is up and
@@ -486,10 +541,7 @@ class PostgresChangeStream(ClosingContext):
                 return None
             pause = self._idle if remaining is None else min(self._idle, remaining)
             self._idle = min(self._idle * 2, self._options.poll_interval)
-            if self._wakeup is not None:
-                self._wakeup.wait(self._collection, seen, pause)
-            else:
-                self._stop.wait(pause)
+            self._wait(pause)
         return None
 
     def save_token(self, token: ResumeToken | None = None) -> None:
@@ -506,11 +558,17 @@ class PostgresChangeStream(ClosingContext):
         )
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         self._stop.set()
+        self._bell.ring()
+        if self._wakeup is not None:
+            self._wakeup.unsubscribe(self._collection, self._bell)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._bell.close()
 
     # -- internals --------------------------------------------------------------
     def _start(
@@ -563,6 +621,7 @@ class PostgresChangeStream(ClosingContext):
             # planner may instead collect the whole backlog and sort it, on every
             # poll; on this dedicated connection, forbid the sort.
             conn.execute("SET enable_sort = off")
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
             try:
                 epoch = read_epoch(conn)
             except HistoryLostError:
@@ -578,6 +637,40 @@ class PostgresChangeStream(ClosingContext):
             self._epoch = epoch
             self._conn = conn
         return self._conn
+
+    def _wait(self, pause: float) -> None:
+        """Sleep up to ``pause`` seconds, or until a change of the collection may be there.
+
+        Woken by a notification for the collection on the stream's connection,
+        by the doorbell (a write through the same store, or :meth:`close`).
+        Any failure here only ends the wait: the next poll reconnects.
+        """
+        deadline = time.monotonic() + pause
+        try:
+            conn = self._ensure_connection()
+            while not self._closed:
+                if self._notified(conn):
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                bell = self._bell.fileno()
+                ready, _, _ = select.select([conn.fileno(), bell], [], [], remaining)
+                if bell in ready:
+                    self._bell.clear()
+                    return
+                if not ready:
+                    return
+        except (psycopg.Error, OSError, ValueError, StoreUnavailableError, HistoryLostError):
+            # The next poll reconnects and reports what is wrong.
+            self._stop.wait(max(0.0, deadline - time.monotonic()))
+
+    def _notified(self, conn: psycopg.Connection[Any]) -> bool:
+        """Consume the notifications already received; whether one was for this collection."""
+        return any(
+            notifies_collection(note.payload, self._collection)
+            for note in list(conn.notifies(timeout=0))
+        )
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

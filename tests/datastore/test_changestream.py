@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -298,3 +300,97 @@ def test_streams_see_only_their_collection(store: PostgresStore) -> None:
     (health,) = take(health_stream, 1)
     assert health["ns"]["coll"] == "health_events"
     assert nothing_more(health_stream)
+
+
+#: Without a wake-up this stream polls when it starts waiting and then once a minute.
+SLEEPY = WatchOptions(poll_interval=60.0, min_poll_interval=60.0)
+#: How long the tests below wait in ``try_next``; a stream not woken returns only then.
+WAIT = 20.0
+
+
+def write_while_waiting(
+    write: Callable[[], None], stream: PostgresChangeStream, wait: float = WAIT
+) -> tuple[ChangeEvent | None, float]:
+    """``write`` from another thread half a second into ``try_next(wait)``.
+
+    Returns the event and how long ``try_next`` took: a stream that was not
+    woken returns after ``wait`` (with what its last poll read then).
+    """
+    timer = threading.Timer(0.5, write)
+    started = time.monotonic()
+    timer.start()
+    try:
+        return stream.try_next(timeout=wait), time.monotonic() - started
+    finally:
+        timer.join()
+
+
+def insert_elsewhere(database: PostgresDatabase, doc_id: str) -> Callable[[], None]:
+    """An insert on a connection of its own (another process, as far as the stream knows)."""
+
+    def insert() -> None:
+        with psycopg.connect(database.conninfo(), autocommit=True) as writer:
+            writer.execute(
+                "INSERT INTO health_events (document) VALUES (%s)", (Jsonb({"_id": doc_id}),)
+            )
+
+    return insert
+
+
+def silence_notifications(database: PostgresDatabase) -> None:
+    with psycopg.connect(database.superuser_conninfo(), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} SET nvsentinel.notify_changes = off").format(
+                sql.Identifier(database.name)
+            )
+        )
+
+
+def test_an_idle_stream_is_woken_by_the_notification_of_a_commit_elsewhere(
+    schema_database: PostgresDatabase, events: PostgresCollection
+) -> None:
+    """NVSentinel's notification ends the wait: no poll is due for a minute."""
+    stream = events.watch(options=SLEEPY)
+    event, seconds = write_while_waiting(insert_elsewhere(schema_database, "woken"), stream)
+    assert event is not None
+    assert event["documentKey"]["_id"] == "woken"
+    assert seconds < WAIT / 2, f"the stream slept {seconds:.1f} s through the notification"
+
+
+def test_without_notifications_a_change_waits_for_the_next_poll_and_is_not_lost(
+    schema_database: PostgresDatabase, events: PostgresCollection
+) -> None:
+    """Notifications off: nothing wakes the stream; its next poll still delivers the change."""
+    silence_notifications(schema_database)
+    stream = events.watch(options=SLEEPY)
+    event, seconds = write_while_waiting(insert_elsewhere(schema_database, "unheard"), stream, 3.0)
+    assert seconds >= 3.0, "something woke the stream although nothing was notified"
+    assert event is not None
+    assert event["documentKey"]["_id"] == "unheard"
+
+
+def test_a_write_through_the_same_store_wakes_its_streams_without_notifications(
+    schema_database: PostgresDatabase,
+) -> None:
+    silence_notifications(schema_database)
+    with PostgresStore(
+        schema_database.conninfo(), schema_database.name, StoreOptions(max_pool_size=2)
+    ) as quiet:
+        collection = quiet.collection("health_events")
+        stream = collection.watch(options=SLEEPY)
+        event, seconds = write_while_waiting(lambda: collection.insert_one({"_id": "own"}), stream)
+        assert event is not None
+        assert event["documentKey"]["_id"] == "own"
+        assert seconds < WAIT / 2, (
+            f"the store's own write woke its stream only after {seconds:.1f} s"
+        )
+
+
+def test_closing_a_waiting_stream_ends_its_wait(events: PostgresCollection) -> None:
+    stream = events.watch(options=SLEEPY)
+    timer = threading.Timer(0.5, stream.close)
+    started = time.monotonic()
+    timer.start()
+    assert stream.try_next(timeout=WAIT) is None
+    timer.join()
+    assert time.monotonic() - started < WAIT / 2, "close() did not end the stream's wait"
