@@ -25,7 +25,7 @@ test-cluster: ## A real API server (local control plane, or KUBECONFIG): install
 test-e2e: ## Pods on kind (skips without a container engine)
 	hack/run-tests.sh e2e
 
-lint: ## ruff, mypy --strict, shellcheck, helm lint --strict, generated docs current
+lint: ## ruff, mypy --strict, shellcheck, shfmt -d, helm lint --strict, generated docs current
 	hack/lint.sh
 
 bench: ## Benchmarks (change streams, migration); writes docs/benchmarks.md and docs/benchmarks-migration.md
@@ -35,8 +35,9 @@ bench: ## Benchmarks (change streams, migration); writes docs/benchmarks.md and 
 e2e: ## Create a kind cluster and run the end-to-end suite (needs Docker)
 	hack/e2e.sh
 
-docs: ## Regenerate the chart README values table and docs/postgresql-schema.sql
+docs: ## Regenerate the chart README values table, values.schema.json and docs/postgresql-schema.sql
 	.venv/bin/python hack/gen-chart-readme.py
+	.venv/bin/python hack/gen-values-schema.py
 	hack/gen-schema-doc.sh
 
 control-plane-up: ## Start etcd, kube-apiserver and kube-controller-manager on loopback

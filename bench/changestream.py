@@ -3,17 +3,23 @@
 Starts its own PostgreSQL (the datastore tests' server: 127.0.0.1, TLS only,
 client certificates), measures
 
-1. write throughput at 1 and 8 clients on NVSentinel's own schema, on ours,
-   and on ours with notifications off,
+1. write throughput at 1 and 8 clients, layer by layer: NVSentinel's own
+   schema, the same with notifications off, ours, ours with notifications off,
 2. events/s drained by one consumer from a pre-filled changelog,
-3. commit-to-delivery latency p50/p99 at 10, 100 and 1,000 events/s,
-4. lost changes of a naive ``id > last`` poller versus the change stream under
-   8 writers holding their transactions open,
+3. side by side on the same out-of-order writers at 10, 100 and 1,000
+   transactions/s: NVSentinel's own watcher (its Go store-client), our
+   stream and a naive ``id > last`` poller; lost, duplicates and p50/p99/max
+   commit-to-delivery for each,
+4. what an idle reader costs (statements/s), notifications on and off,
+5. how long a stream waits while 1,000,000 changes are pruned, in one
+   transaction and in batches,
 
 prints progress on stderr and a Markdown report on stdout, optionally writes
 the report to a file, and stops the server at the end (also on errors and
-Ctrl-C). A full run takes about 5 minutes on 2 cores; ``--quick`` under a
-minute (a smoke run: numbers not comparable).
+Ctrl-C). A full run takes about 10 minutes on 2 cores; ``--quick`` about 2
+(a smoke run: numbers not comparable). NVSentinel's watcher runs as
+``.bin/nvsentinel-client-check`` (built by ``make setup``); its stderr goes
+to a log file per run under ``--logs``.
 """
 
 from __future__ import annotations
@@ -27,17 +33,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from bench.measure import (
-    FULL,
-    QUICK,
-    Progress,
-    measure_drain,
-    measure_latency,
-    measure_loss,
-    measure_writes,
-)
+from bench.measure import FULL, QUICK, Progress, measure_drain, measure_writes
+from bench.prune import measure_prune
 from bench.report import Report, describe_machine, load_average, render, summary_rows
 from bench.server import running_server
+from bench.side_by_side import measure_idle, measure_side_by_side
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="short smoke run (< 1 minute); its numbers are not comparable",
+        help="short smoke run (about 2 minutes); its numbers are not comparable",
+    )
+    parser.add_argument(
+        "--logs",
+        type=Path,
+        metavar="DIR",
+        default=Path("test-reports/bench"),
+        help="where the NVSentinel watcher's logs go (default: %(default)s)",
     )
     return parser
 
@@ -66,7 +73,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def run(quick: bool, command: str, log: Progress) -> Report:
+def run(quick: bool, command: str, log: Progress, log_dir: Path) -> Report:
     plan = QUICK if quick else FULL
     load_start = load_average()
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
@@ -77,8 +84,10 @@ def run(quick: bool, command: str, log: Progress) -> Report:
         meter = bs.cpu_meter()
         writes = measure_writes(bs, plan, log)
         drains = measure_drain(bs, plan, log)
-        latencies = measure_latency(bs, plan, log)
-        loss = measure_loss(bs, plan, log)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        side_by_side, alone = measure_side_by_side(bs, plan, log, log_dir)
+        idle = measure_idle(bs, plan, log, log_dir)
+        prunes = measure_prune(bs, plan, log)
         other_cpu = meter.others_cores()
         log(f"other work used {other_cpu:.2f} cores on average during the run")
         log("stopping PostgreSQL")
@@ -94,8 +103,10 @@ def run(quick: bool, command: str, log: Progress) -> Report:
         duration_s=log.elapsed,
         writes=writes,
         drains=drains,
-        latencies=latencies,
-        loss=loss,
+        side_by_side=side_by_side,
+        alone=alone,
+        idle=idle,
+        prunes=prunes,
     )
 
 
@@ -106,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     log = Progress()
     try:
-        report = run(args.quick, command, log)
+        report = run(args.quick, command, log, args.logs)
     except KeyboardInterrupt:
         log("interrupted; the server was stopped")
         return 130

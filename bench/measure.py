@@ -1,28 +1,23 @@
-"""The four measurements: write throughput, drain rate, delivery latency, lost changes."""
+"""Write throughput and drain rate; the plan and progress output every measurement shares."""
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
-from bench import workers
-from bench.documents import sql_document
-from bench.processes import Workers
-from bench.server import BenchServer
+from bench.server import NVSENTINEL_SCHEMA_MIGRATION, BenchServer
 from bench.writes import pgbench, prefill, prefill_events, prefilled_id, scripts
-from nvsentinel_store.providers.postgresql import PostgresStore
-from nvsentinel_store.store import Pipeline, WatchOptions
+from devsupport.documents_sql import sql_document
+from nvsentinel_store.providers.postgresql.provider import PostgresStore
+from nvsentinel_store.store import Pipeline
 
 
 @dataclass(frozen=True)
@@ -35,13 +30,15 @@ class Plan:
     #: (workload, fsync on, clients) per cell, in the order run.
     write_cells: tuple[tuple[str, bool, int], ...]
     drain_changes: int
-    latency_rates: tuple[float, ...]
-    latency_seconds: float
-    latency_writers: int
-    latency_fast_poll: float | None
-    loss_seconds: float
-    loss_writers: int
-    loss_hold_ms: tuple[float, float]
+    side_rates: tuple[float, ...]
+    side_seconds: float
+    side_writers: int
+    side_hold_ms: tuple[float, float]
+    side_update_share: float
+    idle_seconds: float
+    prune_changes: int
+    prune_batch: int
+    prune_rate: float
 
 
 FULL = Plan(
@@ -56,13 +53,15 @@ FULL = Plan(
         ("insert", False, 8),
     ),
     drain_changes=100_000,
-    latency_rates=(10.0, 100.0, 1000.0),
-    latency_seconds=10.0,
-    latency_writers=8,
-    latency_fast_poll=0.005,
-    loss_seconds=10.0,
-    loss_writers=8,
-    loss_hold_ms=(1.0, 5.0),
+    side_rates=(10.0, 100.0, 1000.0),
+    side_seconds=10.0,
+    side_writers=8,
+    side_hold_ms=(1.0, 5.0),
+    side_update_share=0.5,
+    idle_seconds=10.0,
+    prune_changes=1_000_000,
+    prune_batch=5_000,
+    prune_rate=100.0,
 )
 QUICK = Plan(
     write_seconds=1,
@@ -70,13 +69,15 @@ QUICK = Plan(
     write_prefill=2_000,
     write_cells=(("insert", True, 1), ("insert", True, 8), ("mix", True, 8)),
     drain_changes=10_000,
-    latency_rates=(10.0, 100.0, 1000.0),
-    latency_seconds=2.0,
-    latency_writers=8,
-    latency_fast_poll=None,
-    loss_seconds=3.0,
-    loss_writers=8,
-    loss_hold_ms=(1.0, 5.0),
+    side_rates=(10.0, 100.0, 1000.0),
+    side_seconds=2.0,
+    side_writers=8,
+    side_hold_ms=(1.0, 5.0),
+    side_update_share=0.5,
+    idle_seconds=3.0,
+    prune_changes=100_000,
+    prune_batch=5_000,
+    prune_rate=100.0,
 )
 
 
@@ -97,12 +98,13 @@ class Progress:
 # -- 1. write throughput ------------------------------------------------------------
 
 
-#: The databases of the write benchmark, all on the same server: NVSentinel's
-#: own schema (its migration files; no extraction, its trigger always
-#: notifies); ours (our migrations: NVSentinel's schema, extraction, change
-#: positions), notifications on as by default; ours with
-#: ``nvsentinel.notify_changes = off`` for the database.
-WRITE_DATABASES = ("nvsentinel", "ours", "ours-quiet")
+#: The databases of the write benchmark, all on the same server, one layer
+#: each: NVSentinel's own schema (its migration files; its trigger always
+#: notifies); the same schema and trigger with notifications off (our 0001,
+#: which is NVSentinel's schema with ``nvsentinel.notify_changes``, set off
+#: for the database); ours (all our migrations: extraction and change
+#: positions on top), notifications on as by default; ours with them off.
+WRITE_DATABASES = ("nvsentinel", "nvsentinel-quiet", "ours", "ours-quiet")
 
 
 @dataclass
@@ -135,8 +137,13 @@ class WriteCell:
 
     @property
     def quiet_vs_notifying(self) -> float:
-        """Ours with notifications off over ours with them on."""
-        return self.ratio("ours-quiet", "ours")
+        """NVSentinel's trigger with notifications off over the same with them on."""
+        return self.ratio("nvsentinel-quiet", "nvsentinel")
+
+    @property
+    def capture_vs_trigger(self) -> float:
+        """Our capture on top of NVSentinel's trigger, both with notifications off."""
+        return self.ratio("ours-quiet", "nvsentinel-quiet")
 
 
 def _check_write_database(bs: BenchServer, database: str, db: str) -> None:
@@ -155,7 +162,7 @@ def _check_write_database(bs: BenchServer, database: str, db: str) -> None:
         conn.execute("LISTEN nvsentinel_changes")
         conn.execute(f"UPDATE health_events SET updated_at = now() WHERE id = {prefilled_id('1')}")
         notified = any(True for _ in conn.notifies(timeout=1.0, stop_after=1))
-    expected = (database != "nvsentinel", database != "ours-quiet")
+    expected = (database.startswith("ours"), not database.endswith("-quiet"))
     if (extraction, notified) != expected:
         raise RuntimeError(
             f"write database {database} ({db}): extraction trigger {extraction}, "
@@ -165,12 +172,19 @@ def _check_write_database(bs: BenchServer, database: str, db: str) -> None:
 
 def measure_writes(bs: BenchServer, plan: Plan, log: Progress) -> list[WriteCell]:
     """pgbench on NVSentinel's schema, ours and ours without notifications; interleaved."""
-    log("write throughput: preparing NVSentinel's schema, ours, and ours with notifications off")
+    log(
+        "write throughput: preparing NVSentinel's schema, the same with notifications off, "
+        "ours, and ours with notifications off"
+    )
     dbs = {
         "nvsentinel": bs.create_nvsentinel_database("bench_writes_nvsentinel"),
+        "nvsentinel-quiet": bs.create_database(
+            "bench_writes_nvsentinel_quiet", through=NVSENTINEL_SCHEMA_MIGRATION
+        ),
         "ours": bs.create_database("bench_writes_ours"),
         "ours-quiet": bs.create_database("bench_writes_ours_quiet"),
     }
+    bs.set_notify_changes(dbs["nvsentinel-quiet"], False)
     bs.set_notify_changes(dbs["ours-quiet"], False)
     for database, db in dbs.items():
         prefill_events(bs.conninfo(db), plan.write_prefill)
@@ -206,7 +220,8 @@ def measure_writes(bs: BenchServer, plan: Plan, log: Progress) -> list[WriteCell
             cell.other_cpu = meter.others_cores()
             log(
                 f"  -> ours keeps {cell.ours_vs_nvsentinel:.1%} of NVSentinel's; "
-                f"notifications off vs on {cell.quiet_vs_notifying:.1%} (medians); "
+                f"notifications off vs on {cell.quiet_vs_notifying:.1%}; our capture "
+                f"{cell.capture_vs_trigger:.1%} of the quiet trigger (medians); "
                 f"other work used {cell.other_cpu:.2f} cores"
             )
     bs.set_durable(True)
@@ -335,22 +350,7 @@ def measure_drain(bs: BenchServer, plan: Plan, log: Progress) -> list[DrainResul
     return results
 
 
-# -- 3. commit-to-delivery latency -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LatencyResult:
-    options: str
-    offered: float
-    achieved: float
-    writers: int
-    sent: int
-    delivered: int
-    late_sends: int
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
-    other_cpu: float
+# -- shared ---------------------------------------------------------------------------
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -360,227 +360,3 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(p / 100 * len(ordered)))
     return ordered[rank - 1]
-
-
-_RUNS = itertools.count(1)
-
-
-def _latency_at(
-    bs: BenchServer,
-    db: str,
-    store: PostgresStore,
-    rate: float,
-    plan: Plan,
-    log: Progress,
-    options: WatchOptions | None = None,
-) -> LatencyResult:
-    writers_n = plan.latency_writers
-    per_writer = max(1, round(rate * plan.latency_seconds / writers_n))
-    expected = per_writer * writers_n
-    conninfo = bs.conninfo(db)
-    tag = f"lat{next(_RUNS)}"
-    delivered: dict[str, int] = {}
-    meter = bs.cpu_meter()
-    with Workers() as group:
-        stream = store.collection("health_events").watch(options=options)
-        for number in range(writers_n):
-            group.start(
-                f"paced-writer-{number}",
-                workers.paced_writer,
-                conninfo,
-                tag,
-                number,
-                writers_n,
-                rate,
-                per_writer,
-                group.ready,
-                group.go,
-                group.results,
-            )
-        group.wait_ready(writers_n)
-        prefix = f"{tag}-"
-        group.go.set()
-        deadline = time.monotonic() + plan.latency_seconds + 60
-        while len(delivered) < expected and time.monotonic() < deadline:
-            event = stream.try_next(timeout=0.5)
-            if event is None:
-                group.check()
-                continue
-            now = time.monotonic_ns()
-            doc_id = str(event["documentKey"]["_id"])
-            if doc_id.startswith(prefix):
-                delivered[doc_id] = now
-        stream.close()
-        answers = group.collect(writers_n, timeout=60)
-    commits: dict[str, int] = {}
-    late = 0
-    first = math.inf
-    for _, payload in answers:
-        commits.update(dict(payload["commits"]))
-        late += int(payload["late"])
-        first = min(first, float(payload["start"]))
-    last_commit = max(commits.values()) / 1e9
-    latencies = [(delivered[k] - commits[k]) / 1e6 for k in commits if k in delivered]
-    result = LatencyResult(
-        options=_describe(options),
-        offered=rate,
-        achieved=len(commits) / (last_commit - first),
-        writers=writers_n,
-        sent=len(commits),
-        delivered=len(latencies),
-        late_sends=late,
-        p50_ms=percentile(latencies, 50),
-        p99_ms=percentile(latencies, 99),
-        max_ms=max(latencies) if latencies else math.nan,
-        other_cpu=meter.others_cores(),
-    )
-    log(
-        f"latency at {rate:,.0f}/s offered ({result.achieved:,.0f}/s written), "
-        f"{result.options}: "
-        f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, max {result.max_ms:.1f} ms, "
-        f"{result.delivered:,}/{result.sent:,} delivered"
-    )
-    return result
-
-
-def _describe(options: WatchOptions | None) -> str:
-    if options is None:
-        return f"default (poll backoff up to {WatchOptions().poll_interval * 1000:g} ms)"
-    return f"poll_interval {options.poll_interval * 1000:g} ms"
-
-
-def measure_latency(bs: BenchServer, plan: Plan, log: Progress) -> list[LatencyResult]:
-    """Paced writer processes insert; one stream reads at "now" in this process.
-
-    Each rate runs with the default watch options (what the services get) and,
-    to show what the polling backoff costs, with ``plan.latency_fast_poll``.
-    """
-    db = bs.create_database("bench_latency")
-    results: list[LatencyResult] = []
-    variants: list[WatchOptions | None] = [None]
-    if plan.latency_fast_poll is not None:
-        variants.append(WatchOptions(poll_interval=plan.latency_fast_poll))
-    with PostgresStore(bs.conninfo(db), db) as store:
-        for rate in plan.latency_rates:
-            for options in variants:
-                log(
-                    f"latency: {plan.latency_writers} writers offering {rate:,.0f} events/s "
-                    f"for {plan.latency_seconds:g} s, stream {_describe(options)}"
-                )
-                results.append(_latency_at(bs, db, store, rate, plan, log, options))
-    bs.server.drop_database(db)
-    return results
-
-
-# -- 4. lost changes: naive poller versus the change stream -------------------------
-
-
-@dataclass(frozen=True)
-class LossResult:
-    writers: int
-    seconds: float
-    hold_ms: tuple[float, float]
-    transactions: int
-    changes: int
-    naive_lost: int
-    naive_duplicates: int
-    stream_lost: int
-    stream_duplicates: int
-    stream_out_of_order: int
-    stream_extra: int
-    other_cpu: float
-
-
-SHARED_IDS = 200
-
-
-def measure_loss(bs: BenchServer, plan: Plan, log: Progress) -> LossResult:
-    """8 writers hold transactions open; a naive poller and the stream read side by side."""
-    db = bs.create_database("bench_loss")
-    conninfo = bs.conninfo(db)
-    prefill(conninfo, SHARED_IDS)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        row = conn.execute("SELECT coalesce(max(id), 0) FROM datastore_changelog").fetchone()
-    start_id = int(row[0]) if row else 0
-    meter = bs.cpu_meter()
-    log(
-        f"lost changes: {plan.loss_writers} writers, transactions held open "
-        f"{plan.loss_hold_ms[0]:g}-{plan.loss_hold_ms[1]:g} ms, for {plan.loss_seconds:g} s"
-    )
-    with Workers() as group:
-        group.start(
-            "naive-poller",
-            workers.naive_poller,
-            conninfo,
-            start_id,
-            group.ready,
-            group.go,
-            group.stop,
-            group.results,
-        )
-        group.start(
-            "change-stream",
-            workers.stream_consumer,
-            conninfo,
-            db,
-            2.0,
-            group.ready,
-            group.go,
-            group.stop,
-            group.results,
-        )
-        for number in range(plan.loss_writers):
-            group.start(
-                f"holding-writer-{number}",
-                workers.holding_writer,
-                conninfo,
-                number,
-                plan.loss_seconds,
-                plan.loss_hold_ms,
-                0.5,
-                SHARED_IDS,
-                group.ready,
-                group.go,
-                group.results,
-            )
-        group.wait_ready(plan.loss_writers + 2)
-        group.go.set()
-        answers = group.collect(plan.loss_writers, timeout=plan.loss_seconds + 120)
-        log("lost changes: writers done; letting both readers catch up")
-        group.stop.set()
-        answers += group.collect(2, timeout=120)
-    transactions = sum(int(p["transactions"]) for kind, p in answers if kind == "writer")
-    by_kind: dict[str, dict[str, Any]] = {kind: p for kind, p in answers if kind != "writer"}
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        truth = {
-            int(r[0])
-            for r in conn.execute(
-                "SELECT id FROM datastore_changelog WHERE table_name = 'health_events' AND id > %s",
-                (start_id,),
-            ).fetchall()
-        }
-    naive_seen: list[int] = by_kind["naive"]["seen"]
-    stream_seen: list[int] = by_kind["stream"]["seen"]
-    stream_counts = Counter(stream_seen)
-    result = LossResult(
-        writers=plan.loss_writers,
-        seconds=plan.loss_seconds,
-        hold_ms=plan.loss_hold_ms,
-        transactions=transactions,
-        changes=len(truth),
-        naive_lost=len(truth - set(naive_seen)),
-        naive_duplicates=len(naive_seen) - len(set(naive_seen)),
-        stream_lost=len(truth - set(stream_seen)),
-        stream_duplicates=sum(c - 1 for c in stream_counts.values() if c > 1),
-        stream_out_of_order=int(by_kind["stream"]["out_of_order"]),
-        stream_extra=len(set(stream_seen) - truth),
-        other_cpu=meter.others_cores(),
-    )
-    log(
-        f"lost changes of {result.changes:,} ({transactions:,} transactions): "
-        f"naive poller {result.naive_lost:,}, change stream {result.stream_lost:,} "
-        f"(duplicates {result.stream_duplicates}, out of version order "
-        f"{result.stream_out_of_order})"
-    )
-    bs.server.drop_database(db)
-    return result

@@ -9,20 +9,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.measure import (
+from bench.measure import WRITE_DATABASES, DrainResult, Plan, WriteCell
+from bench.prune import PruneWait
+from bench.side_by_side import (
+    READER_NAMES,
+    READERS,
     SHARED_IDS,
-    WRITE_DATABASES,
-    DrainResult,
-    LatencyResult,
-    LossResult,
-    Plan,
-    WriteCell,
+    IdleResult,
+    ReaderResult,
+    SideBySideResult,
 )
 
 TARGET_RATIO = 0.75
 TARGET_DRAIN = 10_000.0
-TARGET_P99_MS = 20.0
-TARGET_P99_RATE = 1000.0
+TARGET_P99_MS = 10.0
+TARGET_IDLE = 20.0
+TARGET_PRUNE_WAIT_MS = 50.0
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,10 @@ class Report:
     duration_s: float
     writes: list[WriteCell]
     drains: list[DrainResult]
-    latencies: list[LatencyResult]
-    loss: LossResult
+    side_by_side: list[SideBySideResult]
+    alone: list[SideBySideResult]
+    idle: list[IdleResult]
+    prunes: list[PruneWait]
 
 
 def _met(ok: bool) -> str:
@@ -120,34 +124,59 @@ def summary_rows(r: Report) -> list[tuple[str, str, str, str]]:
                     _met(drain.rate >= TARGET_DRAIN),
                 )
             )
-    for lat in r.latencies:
-        if lat.offered == TARGET_P99_RATE and lat.options.startswith("default"):
+    for run, alone in zip(r.side_by_side, r.alone, strict=True):
+        ours = alone.readers["stream"]
+        rows.append(
+            (
+                f"Our stream, p99 commit-to-delivery at {_n(run.offered)} changes/s",
+                f"{ours.p99_ms:.1f} ms alone; side by side {run.readers['stream'].p99_ms:.1f} "
+                f"ms, NVSentinel's watcher {run.readers['nvsentinel'].p99_ms:.1f} ms",
+                "<= 10 ms",
+                _met(ours.p99_ms <= TARGET_P99_MS),
+            )
+        )
+    for run in r.side_by_side:
+        for reader in READERS:
+            result = run.readers[reader]
+            if reader == "stream":
+                alone = next(a for a in r.alone if a.offered == run.offered)
+                result = _worst(result, alone.readers["stream"])
             rows.append(
                 (
-                    f"Commit-to-delivery p99 at {_n(lat.offered)} events/s",
-                    f"{lat.p99_ms:.1f} ms",
-                    "<= 20 ms",
-                    _met(lat.p99_ms <= TARGET_P99_MS and lat.delivered == lat.sent),
+                    f"Lost changes at {_n(run.offered)}/s, {READER_NAMES[reader]}",
+                    f"{result.lost:,} of {run.changes:,}"
+                    + (f" ({result.lost / run.changes:.1%})" if result.lost else ""),
+                    "0" if reader == "stream" else "(comparison)",
+                    _met(result.lost == 0) if reader == "stream" else "",
                 )
             )
-    loss = r.loss
-    rows.append(
-        (
-            "Lost changes, project change stream",
-            f"{loss.stream_lost:,} of {loss.changes:,}",
-            "0",
-            _met(loss.stream_lost == 0),
+    for idle in r.idle:
+        if idle.reader == "stream":
+            rows.append(
+                (
+                    "Idle cost of our stream, notifications "
+                    + ("on" if idle.notifications else "off"),
+                    f"{idle.statements_per_s:.1f} statements/s",
+                    "<= 20 /s",
+                    _met(idle.statements_per_s <= TARGET_IDLE),
+                )
+            )
+    for prune in r.prunes:
+        batched = prune.batches > 1
+        rows.append(
+            (
+                f"Longest stream wait during a prune of {_n(prune.deleted)} changes, " + prune.mode,
+                f"{prune.max_ms:.1f} ms",
+                "<= 50 ms" if batched else "(comparison)",
+                _met(prune.max_ms <= TARGET_PRUNE_WAIT_MS) if batched else "",
+            )
         )
-    )
-    rows.append(
-        (
-            "Lost changes, naive `id > last` poller (same writers)",
-            f"{loss.naive_lost:,} of {loss.changes:,} ({loss.naive_lost / loss.changes:.1%})",
-            "(comparison)",
-            "",
-        )
-    )
     return rows
+
+
+def _worst(a: ReaderResult, b: ReaderResult) -> ReaderResult:
+    """The run of the two that lost more (the target counts both runs of our stream)."""
+    return a if a.lost >= b.lost else b
 
 
 def _range(ratios: Sequence[float]) -> str:
@@ -203,7 +232,7 @@ def render(r: Report) -> str:
         "documents built by the server; one statement per transaction, "
         f"{p.write_seconds} s per run, {p.write_rounds} round(s) rotating which database "
         "goes first (median shown, every round in the columns after; a `CHECKPOINT` before "
-        "every run). Three databases on the same server:"
+        "every run). Four databases on the same server, each one layer more:"
     )
     out += [
         "",
@@ -212,14 +241,18 @@ def render(r: Report) -> str:
         "trigger `log_table_changes` writes every changed row whole into "
         "`datastore_changelog` and always sends `pg_notify` on `nvsentinel_changes`. The "
         "baseline of a user without this project.",
-        "- **ours**: this project's migrations (NVSentinel's schema version 3 with its "
-        "trigger, plus our typed extraction trigger on the event tables and change "
-        "positions on the change log), notifications on (the default).",
-        "- **ours, quiet**: the same migrations with `ALTER DATABASE ... SET "
-        "nvsentinel.notify_changes = off`: notifications turned off by choice (this "
-        "project's streams do not need them).",
+        "- **NVSentinel's, quiet**: the same schema and trigger with notifications off: "
+        "our migration 0001 alone (NVSentinel's schema version 3 in our SQL, whose "
+        "`log_table_changes` skips `pg_notify` when `nvsentinel.notify_changes = off`), "
+        "with `ALTER DATABASE ... SET nvsentinel.notify_changes = off`. Against the first "
+        "column: what the notifications cost.",
+        "- **ours**: all of this project's migrations (NVSentinel's schema and trigger, "
+        "plus our typed extraction trigger on the event tables and change positions on "
+        "the change log), notifications on (the default).",
+        "- **ours, quiet**: the same with notifications off (this project's streams use "
+        "them only as a wake-up). Against NVSentinel's, quiet: what our capture costs.",
         "",
-        "The statements are NVSentinel's store-client's, the same on all three. `insert`: "
+        "The statements are NVSentinel's store-client's, the same on all four. `insert`: "
         "a new health event per transaction, `INSERT INTO health_events (node_name, "
         "event_type, severity, recommended_action, node_quarantined, "
         "user_pods_eviction_status, document) VALUES (...)` as its "
@@ -231,7 +264,8 @@ def render(r: Report) -> str:
         "document = jsonb_set(document, '{healtheventstatus,nodequarantined}', "
         "to_jsonb(<state>)), updated_at = NOW() WHERE id = <uuid>`. "
         "Ours vs NVSentinel's = the throughput kept with this project's layer; "
-        "notifications off vs on = ours, quiet over ours.",
+        "notifications off vs on = NVSentinel's, quiet over NVSentinel's; our capture = "
+        "ours, quiet over NVSentinel's, quiet.",
         "",
     ]
     rows = []
@@ -245,9 +279,9 @@ def render(r: Report) -> str:
                 *(_n(cell.median(db)) for db in WRITE_DATABASES),
                 f"{cell.ours_vs_nvsentinel:.1%}",
                 f"{cell.quiet_vs_notifying:.1%}",
+                f"{cell.capture_vs_trigger:.1%}",
                 " vs ".join(" / ".join(_n(v) for v in values) for values in rounds),
                 _range(cell.round_ratios("ours", "nvsentinel")),
-                _range(cell.round_ratios("ours-quiet", "ours")),
                 f"{cell.other_cpu:.2f}",
             )
         )
@@ -257,13 +291,14 @@ def render(r: Report) -> str:
             "fsync",
             "Clients",
             "NVSentinel's",
+            "NVSentinel's, quiet",
             "Ours",
             "Ours, quiet",
             "Ours vs NVSentinel's",
             "Notifications off vs on",
-            "Rounds (NVSentinel's vs ours vs quiet)",
+            "Our capture",
+            "Rounds (in column order)",
             "Ours vs NVSentinel's per round",
-            "Off vs on per round",
             "Other CPU",
         ),
         rows,
@@ -297,86 +332,160 @@ def render(r: Report) -> str:
         ],
     )
 
-    out += ["", "## 3. Commit-to-delivery latency", ""]
+    out += ["", "## 3. Side by side: NVSentinel's watcher, our stream, a naive poller", ""]
     out.append(
-        f"{p.latency_writers} writer processes insert at a fixed pace for "
-        f"{p.latency_seconds:g} s (psycopg, one autocommit `INSERT` per event, the store "
-        'client\'s statement); one stream started at "now" reads in the benchmark '
-        "process through the store client. Latency = the monotonic clock when the stream "
-        "returns the event minus when the writer's `INSERT` returned. Each rate runs with "
-        "the default watch options (what the services get) and, in a full run, with a 5 ms "
-        "polling cap, which shows what the polling backoff costs. Late sends: events a writer sent "
-        "more than 1 ms after their due time (the writers could not keep the pace). The "
-        "target is p99 <= 20 ms at 1,000/s; 10/s shows sparse events (the usual case for "
-        "health events), where a stream that found nothing has backed off."
+        f"{p.side_writers} writer processes start transactions at a fixed pace for "
+        f"{p.side_seconds:g} s; each inserts a health event, holds the transaction open "
+        f"{p.side_hold_ms[0]:g}-{p.side_hold_ms[1]:g} ms while the others commit, and in "
+        f"{p.side_update_share:.0%} of them then updates the quarantine status of one of "
+        f"{SHARED_IDS} shared events (row locks), so commits come out of id order. Three "
+        "readers run side by side on the same database, each started before the writers: "
+        "**NVSentinel's watcher** (its own store-client's HYBRID watcher, as its services "
+        "run it: LISTEN `nvsentinel_changes`, fetch by id, fallback poll, `MarkProcessed` "
+        "per event; through `nvsentinel-client-check watch`), **our stream** (`watch()`, "
+        "default options, in a process of its own) and the **naive** `id > last` poller "
+        "(1 ms pause when empty). Lost: changes of the run (the changelog's rows) a reader "
+        "never delivered, after catching up until quiet for 2 s. Latency: the monotonic "
+        "clock when the reader had the change (NVSentinel's: when it came off its channel, "
+        "before `MarkProcessed`) minus when the writer's `COMMIT` returned, for the "
+        "inserted events. Late sends: transactions a writer started more than 1 ms late."
+    )
+    out += [
+        "",
+        "Each rate then runs again with our stream alone on the same writers (no other "
+        "reader): at 1,000 changes/s NVSentinel's watcher, which runs a `MarkProcessed` "
+        "statement per event, takes a good part of the 2 cores, and the alone rows show "
+        "our stream's own latency without that neighbour. Offered: changes/s (a "
+        "transaction makes one change, or two with the update).",
+        "",
+    ]
+    rows = []
+    runs = [(run, "") for run in r.side_by_side] + [(run, ", alone") for run in r.alone]
+    runs.sort(key=lambda pair: (pair[0].offered, pair[1]))
+    for run, label in runs:
+        for reader in READERS:
+            if reader not in run.readers:
+                continue
+            x = run.readers[reader]
+            rows.append(
+                (
+                    _n(run.offered),
+                    READER_NAMES[reader] + label,
+                    f"{x.delivered:,} of {run.changes:,}",
+                    _n(x.lost),
+                    _n(x.duplicates),
+                    f"{x.p50_ms:.1f}",
+                    f"{x.p99_ms:.1f}",
+                    f"{x.max_ms:.1f}",
+                )
+            )
+    out += _table(
+        (
+            "Offered changes/s",
+            "Reader",
+            "Delivered",
+            "Lost",
+            "Duplicates",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+        ),
+        rows,
     )
     out.append("")
     out += _table(
         (
-            "Offered /s",
-            "Stream options",
-            "Written /s",
-            "Delivered",
-            "p50 ms",
-            "p99 ms",
-            "max ms",
+            "Offered changes/s",
+            "Run",
+            "Paced tx/s",
+            "Written tx/s",
+            "Transactions",
+            "Changes",
             "Late sends",
+            "Our stream out of version order",
             "Other CPU",
         ),
         [
             (
-                _n(lat.offered),
-                lat.options,
-                _n(lat.achieved),
-                f"{lat.delivered:,} of {lat.sent:,}",
-                f"{lat.p50_ms:.1f}",
-                f"{lat.p99_ms:.1f}",
-                f"{lat.max_ms:.1f}",
-                f"{lat.late_sends:,}",
-                f"{lat.other_cpu:.2f}",
+                _n(run.offered),
+                "our stream alone" if label else "side by side",
+                _n(run.tx_rate),
+                _n(run.achieved),
+                _n(run.transactions),
+                _n(run.changes),
+                _n(run.late_sends),
+                _n(run.out_of_version_order),
+                f"{run.other_cpu:.2f}",
             )
-            for lat in r.latencies
+            for run, label in runs
         ],
     )
 
-    loss = r.loss
-    out += ["", "## 4. Lost changes under concurrent writers", ""]
+    out += ["", "## 4. Idle cost", ""]
     out.append(
-        f"{loss.writers} writer processes for {loss.seconds:g} s; each transaction inserts "
-        f"an event, holds the transaction open {loss.hold_ms[0]:g}-{loss.hold_ms[1]:g} ms "
-        "and in half the transactions then updates the quarantine status of one of "
-        f"{SHARED_IDS} shared events. Side by side: a naive poller (`id > last` on the changelog's "
-        "BIGSERIAL, 1 ms pause when empty) and the project's stream (`watch()`, default "
-        "options). Lost = changelog rows committed that the reader never returned."
+        f"One reader on a database nobody writes, for {p.idle_seconds:g} s: the statements "
+        "per second the server ran for it (`pg_stat_database.xact_commit + xact_rollback` "
+        "of the database; every statement of these readers is its own transaction), less "
+        "the same count with no reader. Our stream polls every `poll_interval` (100 ms) "
+        "when idle whether notifications are on or not: a notification only ends a wait "
+        "early, and a change held back by a transaction that sends none (another "
+        "service's `MarkProcessed`, a prune) must still be found by a poll. NVSentinel's "
+        "watcher polls every 30 s (every 5 s after 30 s without a notification)."
     )
     out.append("")
     out += _table(
-        ("Reader", "Changes committed", "Lost", "Duplicates", "Out of version order"),
+        ("Reader", "Notifications", "Statements/s"),
         [
             (
-                "naive `id > last`",
-                _n(loss.changes),
-                _n(loss.naive_lost),
-                _n(loss.naive_duplicates),
-                "-",
-            ),
+                READER_NAMES[x.reader],
+                "on" if x.notifications else "off",
+                f"{x.statements_per_s:.1f}",
+            )
+            for x in r.idle
+        ],
+    )
+
+    out += ["", "## 5. Streams during a large prune", ""]
+    out.append(
+        f"`datastore_changelog` filled with {p.prune_changes:,} changes two days old (about "
+        "1 KB each), then pruned with a 1-hour max age while one writer inserts "
+        f"{p.prune_rate:g} events/s and our stream reads them. A prune is a writing "
+        "transaction, and a stream delivers a change only after every transaction that "
+        "got its id earlier has ended: one prune transaction holds back every change "
+        "committed while it runs. Batches (`datastore_changelog_prune(max_age, "
+        "batch_size)`, each its own transaction, as the prune CronJob and `nvsentinel-store "
+        "prune` run it) hold it back for one batch at most. Wait: commit-to-delivery of "
+        "the events committed while the prune ran."
+    )
+    out.append("")
+    out += _table(
+        (
+            "Prune",
+            "Changes deleted",
+            "Transactions",
+            "Seconds",
+            "Events meanwhile",
+            "p50 ms",
+            "max ms",
+        ),
+        [
             (
-                "change stream",
-                _n(loss.changes),
-                _n(loss.stream_lost),
-                _n(loss.stream_duplicates),
-                _n(loss.stream_out_of_order),
-            ),
+                x.mode,
+                _n(x.deleted),
+                _n(x.batches),
+                f"{x.prune_seconds:.2f}",
+                _n(x.during),
+                f"{x.p50_ms:.1f}",
+                f"{x.max_ms:.1f}",
+            )
+            for x in r.prunes
         ],
     )
     out += [
         "",
-        f"{loss.transactions:,} transactions committed; other work used "
-        f"{loss.other_cpu:.2f} cores meanwhile.",
-        "",
         "## Setup",
         "",
-        "The server is the datastore tests' own (`tests/fixtures/postgres.py`): Debian's "
+        "The server is the datastore tests' own (`devsupport/postgres.py`): Debian's "
         "PostgreSQL on 127.0.0.1, TLS only, client-certificate authentication; every "
         "client connects over TCP with `sslmode=verify-full` as the application role "
         "`nvsentinel`. The schema comes from our migrations through "

@@ -1,6 +1,6 @@
-"""The benchmark's PostgreSQL: the test fixture's server, made durable like production.
+"""The benchmark's PostgreSQL: the datastore tests' server, made durable like production.
 
-The server comes from :mod:`tests.fixtures.postgres` (Debian's binaries, bound
+The server comes from :mod:`devsupport.postgres` (Debian's binaries, bound
 to 127.0.0.1, TLS only, ``hostssl ... cert``): the same code the datastore
 tests use, so there is one way to start a server. Two differences from the
 tests, both set here: the fixture runs with ``fsync = off`` for test speed, the
@@ -22,9 +22,11 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from tests.fixtures.ca import make_pki
-from tests.fixtures.nvsentinel import apply_nvsentinel_migrations
-from tests.fixtures.postgres import (
+
+from bench.cpu import CpuMeter, postmaster_pid
+from devsupport.ca import make_pki
+from devsupport.nvsentinel import apply_nvsentinel_migrations
+from devsupport.postgres import (
     APP_USER,
     MIGRATION_USER,
     PostgresDatabase,
@@ -32,9 +34,10 @@ from tests.fixtures.postgres import (
     destroy_server,
     start_server,
 )
+from nvsentinel_store.providers.postgresql import migrations
 
-from bench.cpu import CpuMeter, postmaster_pid
-from nvsentinel_store import migrations
+#: Our migration that is NVSentinel's schema version 3 and nothing else of ours.
+NVSENTINEL_SCHEMA_MIGRATION = "0001_nvsentinel_schema.sql"
 
 #: What NVSentinel's deployment grants its services' role after its migrations.
 NVSENTINEL_APP_GRANTS = (
@@ -86,12 +89,24 @@ class BenchServer:
             row = conn.execute("SHOW fsync").fetchone()
         return str(row[0]) if row else "?"
 
-    def create_database(self, name: str) -> str:
-        """A bootstrapped database with our migrations applied (NVSentinel's schema and ours)."""
+    def create_database(self, name: str, through: str | None = None) -> str:
+        """A bootstrapped database with our migrations applied (NVSentinel's schema and ours).
+
+        ``through``: apply only the migrations up to the file of that name.
+        """
         self.server.create_database(name)
         self.databases.append(name)
-        with psycopg.connect(self.conninfo(name, MIGRATION_USER), autocommit=True) as conn:
-            migrations.apply(conn)
+        with (
+            tempfile.TemporaryDirectory(prefix="nvsentinel-bench-migrations-") as tmp,
+            psycopg.connect(self.conninfo(name, MIGRATION_USER), autocommit=True) as conn,
+        ):
+            directory = None
+            if through is not None:
+                directory = Path(tmp)
+                for migration in migrations.load_migrations():
+                    if migration.path.name <= through:
+                        shutil.copy(migration.path, directory)
+            migrations.apply(conn, directory)
         return name
 
     def create_nvsentinel_database(self, name: str) -> str:

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 import psycopg
 from psycopg.types.json import Jsonb
 
-from bench.documents import QUARANTINE_STATES, health_event
-from nvsentinel_store.changestream import Position
-from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
+from devsupport.documents import QUARANTINE_STATES, health_event
+from nvsentinel_store.providers.postgresql.positions import Position
+from nvsentinel_store.providers.postgresql.provider import PostgresStore, StoreOptions
 
 
 class Queue(Protocol):
@@ -53,46 +53,6 @@ def paced_writer(
     writers: int,
     rate: float,
     count: int,
-    ready: Queue,
-    go: Event,
-    results: Queue,
-) -> None:
-    """Insert ``count`` events, one per transaction, at ``rate / writers`` per second.
-
-    Writer ``number`` sends its i-th event at ``t0 + (i * writers + number) / rate``
-    (open loop: a late event is sent at once, never skipped) and records, per
-    document (``<tag>-<number>-<i>``), the monotonic clock when the autocommit
-    ``INSERT`` returned (the commit). Plain psycopg with the store client's statement, so that the
-    writers keep up with the pace on 2 cores.
-    """
-    _ignore_sigint()
-    rng = random.Random(number)
-    insert = "INSERT INTO health_events (document) VALUES (%s)"
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(insert, (Jsonb(health_event(f"warmup-{tag}-{number}", rng)),))
-        ready.put(("ready", number))
-        _wait_go(go)
-        t0 = time.monotonic()
-        commits: list[tuple[str, int]] = []
-        late = 0
-        for i in range(count):
-            doc_id = f"{tag}-{number}-{i}"
-            document = Jsonb(health_event(doc_id, rng))
-            due = t0 + (i * writers + number) / rate
-            pause = due - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            elif pause < -0.001:
-                late += 1
-            conn.execute(insert, (document,), prepare=True)
-            commits.append((doc_id, time.monotonic_ns()))
-    results.put(("writer", {"commits": commits, "late": late, "start": t0}))
-
-
-def holding_writer(
-    conninfo: str,
-    number: int,
-    seconds: float,
     hold_ms: tuple[float, float],
     update_share: float,
     shared_ids: int,
@@ -100,43 +60,53 @@ def holding_writer(
     go: Event,
     results: Queue,
 ) -> None:
-    """Transactions held open ``hold_ms`` (uniform) that insert and sometimes update.
+    """``count`` transactions at ``rate / writers`` per second, each held open ``hold_ms``.
 
-    Each transaction inserts one event; with probability ``update_share`` it
-    then sets the quarantine status of one of ``shared_ids`` pre-filled events
-    (``pre-1`` ...), possibly waiting for that row's lock behind a transaction
-    with a higher id.
+    Writer ``number`` starts its i-th transaction at
+    ``t0 + (i * writers + number) / rate`` (open loop: a late one starts at
+    once, never skipped). Each inserts one event (``_id`` ``<tag>-<number>-<i>``),
+    holds the transaction open for a uniform ``hold_ms`` while the other
+    writers commit, and with probability ``update_share`` then sets the
+    quarantine status of one of ``shared_ids`` pre-filled events (``pre-1``
+    ...), possibly waiting for that row's lock behind a transaction with a
+    higher id. So commits come out of id order, as the services' do.
+
+    Reports, per transaction, the inserted row's id and the monotonic clock
+    when ``COMMIT`` returned. Plain psycopg, so that the writers keep up with
+    the pace on 2 cores.
     """
     _ignore_sigint()
-    rng = random.Random(1000 + number)
-    committed = 0
+    rng = random.Random(number)
+    insert = "INSERT INTO health_events (document) VALUES (%s) RETURNING id::text"
+    update = (
+        "UPDATE health_events SET document = jsonb_set(document, "
+        "'{healtheventstatus,nodequarantined}', %s) "
+        "WHERE id = nvsentinel_document_uuid(to_jsonb(%s::text))"
+    )
     with psycopg.connect(conninfo) as conn:
-        conn.execute("SELECT 1")
-        conn.rollback()
+        conn.execute(insert, (Jsonb(health_event(f"warmup-{tag}-{number}", rng)),))
+        conn.commit()
         ready.put(("ready", number))
         _wait_go(go)
-        end = time.monotonic() + seconds
-        i = 0
-        while time.monotonic() < end:
-            with conn.transaction():
-                conn.execute(
-                    "INSERT INTO health_events (document) VALUES (%s)",
-                    (Jsonb(health_event(f"hold-{number}-{i}", rng)),),
-                )
-                time.sleep(rng.uniform(*hold_ms) / 1000)
-                if rng.random() < update_share:
-                    conn.execute(
-                        "UPDATE health_events SET document = jsonb_set(document, "
-                        "'{healtheventstatus,nodequarantined}', %s) "
-                        "WHERE id = nvsentinel_document_uuid(to_jsonb(%s::text))",
-                        (
-                            Jsonb(rng.choice(QUARANTINE_STATES)),
-                            f"pre-{rng.randint(1, shared_ids)}",
-                        ),
-                    )
-            committed += 1
-            i += 1
-    results.put(("writer", {"transactions": committed}))
+        t0 = time.monotonic()
+        commits: list[tuple[str, int]] = []
+        late = 0
+        for i in range(count):
+            document = Jsonb(health_event(f"{tag}-{number}-{i}", rng))
+            pause = t0 + (i * writers + number) / rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            elif pause < -0.001:
+                late += 1
+            row = conn.execute(insert, (document,), prepare=True).fetchone()
+            assert row is not None
+            time.sleep(rng.uniform(*hold_ms) / 1000)
+            if rng.random() < update_share:
+                state = Jsonb(rng.choice(QUARANTINE_STATES))
+                conn.execute(update, (state, f"pre-{rng.randint(1, shared_ids)}"), prepare=True)
+            conn.commit()
+            commits.append((str(row[0]), time.monotonic_ns()))
+    results.put(("writer", {"commits": commits, "late": late, "start": t0}))
 
 
 def naive_poller(
@@ -145,11 +115,12 @@ def naive_poller(
     """The cursor the issue warns about: ``id > last`` on the BIGSERIAL changelog id.
 
     Polls as fast as a service would want (1 ms pause when a poll is empty);
-    after ``stop`` it polls once more and reports the changelog ids it saw.
+    after ``stop`` it polls once more and reports the changelog ids it saw,
+    each with the monotonic clock when its poll returned.
     """
     _ignore_sigint()
     last = start_id
-    seen: list[int] = []
+    seen: list[tuple[int, int]] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT 1")
         ready.put(("ready", "naive"))
@@ -161,8 +132,9 @@ def naive_poller(
                 "WHERE table_name = 'health_events' AND id > %s ORDER BY id LIMIT 1000",
                 (last,),
             ).fetchall()
+            now = time.monotonic_ns()
             for (row_id,) in rows:
-                seen.append(int(row_id))
+                seen.append((int(row_id), now))
                 last = int(row_id)
             if done and not rows:
                 break
@@ -183,8 +155,9 @@ def stream_consumer(
     """The project's change stream (``watch``, default options) opened at "now".
 
     Reads until ``stop`` is set and then nothing more arrives for
-    ``idle_after_stop`` seconds; reports the changelog ids of the events and
-    how many arrived out of per-document version order.
+    ``idle_after_stop`` seconds; reports the changelog id of each event with
+    the monotonic clock when ``try_next`` returned it, and how many arrived out
+    of per-document version order.
     """
     _ignore_sigint()
     store = PostgresStore(conninfo, dbname, StoreOptions(min_pool_size=1, max_pool_size=1))
@@ -192,7 +165,7 @@ def stream_consumer(
         stream = store.collection("health_events").watch()
         ready.put(("ready", "stream"))
         _wait_go(go)
-        seen: list[int] = []
+        seen: list[tuple[int, int]] = []
         versions: dict[str, int] = {}
         out_of_order = 0
         idle_since: float | None = None
@@ -200,7 +173,8 @@ def stream_consumer(
             event = stream.try_next(timeout=0.1)
             if event is not None:
                 idle_since = None
-                seen.append(Position.from_token(event["_id"]).change_id)
+                now = time.monotonic_ns()
+                seen.append((Position.from_token(event["_id"]).change_id, now))
                 key = str(event["documentKey"]["_id"])
                 version = int(event["documentVersion"])
                 if version <= versions.get(key, 0):

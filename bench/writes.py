@@ -10,11 +10,11 @@ The statements are NVSentinel's store-client's, so that they run unchanged on
 NVSentinel's own schema and on ours. Two workloads (see :func:`scripts`):
 
 - ``insert``: every transaction inserts one new health event, naming
-  NVSentinel's columns (:data:`bench.documents.NVSENTINEL_INSERT_COLUMNS`) as
+  NVSentinel's columns (:data:`devsupport.documents_sql.NVSENTINEL_INSERT_COLUMNS`) as
   the platform connector's store-client does;
 - ``mix``: half the transactions insert, half set the quarantine status of a
   random pre-filled event as ``UpdateNodeQuarantineStatus`` does
-  (:func:`bench.documents.quarantine_update_sql`).
+  (:func:`devsupport.documents_sql.quarantine_update_sql`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import psycopg
 
-from bench.documents import (
+from bench.server import BenchServer
+from devsupport.documents_sql import (
     NVSENTINEL_INSERT_COLUMNS,
     nvsentinel_insert_values,
     quarantine_update_sql,
     sql_document,
 )
-from bench.server import BenchServer
 
 WORKLOADS = ("insert", "mix")
 _COLUMNS = ", ".join(NVSENTINEL_INSERT_COLUMNS)

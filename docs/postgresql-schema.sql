@@ -193,6 +193,24 @@ $$;
 --
 
 CREATE FUNCTION public.datastore_changelog_prune(max_age interval) RETURNS TABLE(collection text, deleted_changes bigint, expired_consumers bigint)
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+    SELECT p.collection, p.deleted_changes, p.expired_consumers
+      FROM public.datastore_changelog_prune(max_age, NULL::pg_catalog.int4) AS p
+$$;
+
+--
+-- Name: FUNCTION datastore_changelog_prune(max_age interval); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.datastore_changelog_prune(max_age interval) IS 'Expire consumers silent for max_age (at least 1 hour), then delete changes older than max_age that every live consumer has passed';
+
+--
+-- Name: datastore_changelog_prune(interval, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.datastore_changelog_prune(max_age interval, batch_size integer) RETURNS TABLE(collection text, deleted_changes bigint, expired_consumers bigint)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
@@ -208,6 +226,10 @@ BEGIN
         RAISE EXCEPTION 'max_age must be at least 1 hour, got %', max_age
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'the minimum keeps a prune from erasing the history consumers are reading';
+    END IF;
+    IF batch_size IS NOT NULL AND batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1 (NULL: no limit), got %', batch_size
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     cutoff := pg_catalog.now() - max_age;
     PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('nvsentinel.datastore_changelog_prune'));
@@ -230,10 +252,23 @@ BEGIN
          ORDER BY t.position_txid, t.change_id
          LIMIT 1;
 
-        DELETE FROM public.datastore_changelog AS l
-         WHERE l.table_name = coll
-           AND l.changed_at < cutoff
-           AND (low_txid IS NULL OR (l.position_txid, l.id) <= (low_txid, low_id));
+        IF batch_size IS NULL THEN
+            DELETE FROM public.datastore_changelog AS l
+             WHERE l.table_name = coll
+               AND l.changed_at < cutoff
+               AND (low_txid IS NULL OR (l.position_txid, l.id) <= (low_txid, low_id));
+        ELSE
+            -- The oldest changes first, along the streams' own index: what a
+            -- batch leaves is the newer part, for the next call.
+            DELETE FROM public.datastore_changelog AS l
+             WHERE l.id IN (
+                 SELECT d.id FROM public.datastore_changelog AS d
+                  WHERE d.table_name = coll
+                    AND d.changed_at < cutoff
+                    AND (low_txid IS NULL OR (d.position_txid, d.id) <= (low_txid, low_id))
+                  ORDER BY d.position_txid, d.id
+                  LIMIT batch_size);
+        END IF;
         GET DIAGNOSTICS n_deleted = ROW_COUNT;
 
         collection := coll;
@@ -245,10 +280,10 @@ END
 $$;
 
 --
--- Name: FUNCTION datastore_changelog_prune(max_age interval); Type: COMMENT; Schema: public; Owner: -
+-- Name: FUNCTION datastore_changelog_prune(max_age interval, batch_size integer); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.datastore_changelog_prune(max_age interval) IS 'Expire consumers silent for max_age (at least 1 hour), then delete changes older than max_age that every live consumer has passed';
+COMMENT ON FUNCTION public.datastore_changelog_prune(max_age interval, batch_size integer) IS 'One batch of a prune: expire consumers silent for max_age (at least 1 hour), then delete at most batch_size (NULL: all) changes per collection older than max_age that every live consumer has passed; call again while a collection returns batch_size';
 
 --
 -- Name: datastore_changelog_record_pruned(); Type: FUNCTION; Schema: public; Owner: -
@@ -1242,6 +1277,13 @@ REVOKE ALL ON FUNCTION public.datastore_changelog_position() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.datastore_changelog_prune(max_age interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.datastore_changelog_prune(max_age interval) TO nvsentinel_pruner;
+
+--
+-- Name: FUNCTION datastore_changelog_prune(max_age interval, batch_size integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.datastore_changelog_prune(max_age interval, batch_size integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.datastore_changelog_prune(max_age interval, batch_size integer) TO nvsentinel_pruner;
 
 --
 -- Name: FUNCTION datastore_changelog_record_pruned(); Type: ACL; Schema: public; Owner: -

@@ -11,17 +11,14 @@ BIN_DIR="${NVSENTINEL_BIN_DIR:-${ROOT_DIR}/.bin}"
 CACHE_DIR="${NVSENTINEL_TOOLS_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/nvsentinel-tools}"
 STAMP_DIR="${BIN_DIR}/.versions"
 
-# Versions built by `go install module@version` are pinned here; the others
-# are pinned by the require line of their wrapper module under hack/tools/.
-HELM_VERSION="v4.3.1"
-HELM3_VERSION="v3.22.0"
-KIND_VERSION="v0.30.0"
-COREDNS_VERSION="v1.14.7"
-# The newest v2 release the Go module proxy serves (later ones answer 403).
-KUBE_ROUTER_VERSION="v2.1.0"
+# Versions built by `go install module@version` are pinned in
+# hack/versions.env; the others by the require line of their wrapper module
+# under hack/tools/.
+# shellcheck source=hack/lib/versions.sh
+source "${ROOT_DIR}/hack/lib/versions.sh"
 
 ALL_TOOLS=(helm helm3 kube-apiserver kube-controller-manager kubectl kube-scheduler kube-proxy kubelet etcd kind tilt coredns
-	cert-manager-controller kube-router)
+	cert-manager-controller kube-router shfmt)
 
 usage() {
 	cat <<EOF
@@ -44,10 +41,13 @@ Tools:
   kind                     sigs.k8s.io/kind ${KIND_VERSION}
   tilt                     github.com/tilt-dev/tilt $(wrapper_version tilt github.com/tilt-dev/tilt) (hack/tools/tilt)
   coredns                  github.com/coredns/coredns ${COREDNS_VERSION} (DNS of hack/local-cluster.sh)
-  cert-manager-controller  github.com/cert-manager/cert-manager $(wrapper_version cert-manager github.com/cert-manager/cert-manager) (hack/tools/cert-manager;
+  cert-manager-controller  github.com/cert-manager/cert-manager $(cert_manager_controller_version) (hack/tools/cert-manager;
                            cmd/controller, the certificates of hack/local-cluster.sh)
   kube-router              github.com/cloudnativelabs/kube-router/v2 ${KUBE_ROUTER_VERSION} (NetworkPolicies of
                            hack/local-cluster.sh; its firewall only)
+  shfmt                    mvdan.cc/sh/v3 ${SHFMT_VERSION} (cmd/shfmt, the shell formatter of hack/lint.sh)
+
+Versions: hack/versions.env, and the go.mod of each wrapper module.
 
 Environment:
   NVSENTINEL_BIN_DIR       where binaries go (default: .bin/ in the checkout)
@@ -70,12 +70,6 @@ die() {
 	exit 1
 }
 
-# wrapper_version DIR MODULE: the version of MODULE required by hack/tools/DIR/go.mod.
-wrapper_version() {
-	local gomod="${TOOLS_DIR}/$1/go.mod"
-	awk -v mod="$2" '($1 == "require" && $2 == mod) { print $3; exit } ($1 == mod) { print $2; exit }' "${gomod}"
-}
-
 tool_version() {
 	case "$1" in
 		helm) echo "${HELM_VERSION}" ;;
@@ -85,8 +79,9 @@ tool_version() {
 		kind) echo "${KIND_VERSION}" ;;
 		tilt) wrapper_version tilt github.com/tilt-dev/tilt ;;
 		coredns) echo "${COREDNS_VERSION}" ;;
-		cert-manager-controller) wrapper_version cert-manager github.com/cert-manager/cert-manager ;;
+		cert-manager-controller) cert_manager_controller_version ;;
 		kube-router) echo "${KUBE_ROUTER_VERSION}" ;;
+		shfmt) echo "${SHFMT_VERSION}" ;;
 		*) return 1 ;;
 	esac
 }
@@ -211,6 +206,12 @@ build_kube_router() {
 	go_install_into "${out}" "${ldflags}" "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@${version}"
 }
 
+# shfmt reports the module version go install records (debug.ReadBuildInfo).
+build_shfmt() {
+	local out="$1" version="$2"
+	go_install_into "${out}" "-s -w" "mvdan.cc/sh/v3/cmd/shfmt@${version}"
+}
+
 build_tilt() {
 	local out="$1" version="$2" ldflags src work
 	# tilt embeds its web UI from pkg/assets/build, but the module does not
@@ -252,6 +253,7 @@ build_into_cache() {
 		coredns) build_coredns "${tmp}" "${version}" ;;
 		cert-manager-controller) build_cert_manager_controller "${tmp}" "${version}" ;;
 		kube-router) build_kube_router "${tmp}" "${version}" ;;
+		shfmt) build_shfmt "${tmp}" "${version}" ;;
 	esac
 	[[ -x "${tmp}/${tool}" ]] || die "${tool} ${version}: the build produced no ${tool} binary"
 	rm -rf "${entry}"

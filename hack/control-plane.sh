@@ -7,10 +7,15 @@ set -euo pipefail
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN_DIR="${NVSENTINEL_BIN_DIR:-${ROOT_DIR}/.bin}"
 STATE_DIR="${NVSENTINEL_CONTROL_PLANE_DIR:-${ROOT_DIR}/.state/control-plane}"
-CERT_MANAGER_VERSION="v1.19.4"
+# shellcheck source=hack/lib/versions.sh
+source "${ROOT_DIR}/hack/lib/versions.sh"
+# The cert-manager release whose CRDs up installs: hack/versions.env's, or
+# the one hack/local-cluster.sh runs the controller of.
+CERT_MANAGER_VERSION="${NVSENTINEL_CONTROL_PLANE_CERT_MANAGER_VERSION:-${CERT_MANAGER_VERSION}}"
 # The service range is a private range nobody serves here; see --help.
 SERVICE_CIDR="${NVSENTINEL_CONTROL_PLANE_SERVICE_CIDR:-10.0.0.0/24}"
 READY_TIMEOUT_SECONDS="${NVSENTINEL_CONTROL_PLANE_TIMEOUT:-90}"
+POLL_SECONDS=0.2
 COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 MARKER=".nvsentinel-control-plane"
 PKI_DIR="${STATE_DIR}/pki"
@@ -41,6 +46,8 @@ Environment:
   NVSENTINEL_BIN_DIR                where the binaries are (default: .bin)
   NVSENTINEL_CONTROL_PLANE_TIMEOUT  seconds to wait for readiness (default: 90)
   NVSENTINEL_CONTROL_PLANE_SERVICE_CIDR  service range (default: 10.0.0.0/24)
+  NVSENTINEL_CONTROL_PLANE_CERT_MANAGER_VERSION  cert-manager release of the CRDs
+                                    (default: hack/versions.env's, ${CERT_MANAGER_VERSION})
   NVSENTINEL_GUARD_SERVICE_RANGE    1 (default): as root, add an 'unreachable' route for
                                     the service range while the plane runs; 0: don't
 
@@ -51,37 +58,22 @@ ${SERVICE_CIDR}. Nothing listens on that range, and nothing must dial it: the
 API server routes webhooks and aggregated APIs to endpoint addresses
 (--enable-aggregator-routing), never to a service IP, and without pods there
 are no endpoint addresses. As a second guard, 'up' (as root) adds an
-'unreachable' route for that range, so a stray dial fails at once on this
-machine instead of leaving it; 'down' removes the route it added.
+'unreachable' route (metric ${GUARD_ROUTE_METRIC}) for that range unless something routes it
+already, so a stray dial fails at once on this machine instead of leaving it;
+'down' removes the route it added.
 EOF
 }
 
 LOG_PREFIX=control-plane
 # shellcheck source=hack/lib/log.sh
 source "${ROOT_DIR}/hack/lib/log.sh"
-
-pid_file() {
-	echo "${STATE_DIR}/pids/$1.pid"
-}
-
-log_file() {
-	echo "${STATE_DIR}/logs/$1.log"
-}
+# shellcheck source=hack/lib/processes.sh
+source "${ROOT_DIR}/hack/lib/processes.sh"
+# shellcheck source=hack/lib/network-guard.sh
+source "${ROOT_DIR}/hack/lib/network-guard.sh"
 
 kubeconfig_path() {
 	echo "${STATE_DIR}/kubeconfig"
-}
-
-# component_pid NAME: the pid of a running component started by this state
-# directory, or nothing (a recycled pid running another program is ignored).
-component_pid() {
-	local name="$1" pid
-	[[ -f "$(pid_file "${name}")" ]] || return 0
-	pid="$(cat "$(pid_file "${name}")")"
-	[[ "${pid}" =~ ^[0-9]+$ ]] || return 0
-	if [[ -r "/proc/${pid}/cmdline" ]] && tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -qF -- "${STATE_DIR}/"; then
-		echo "${pid}"
-	fi
 }
 
 require_binaries() {
@@ -118,43 +110,16 @@ subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,
 	rm -f "$(pki ca.srl)" "$(pki front-proxy-ca.srl)"
 }
 
-# start NAME ARGS...: start a component in its own session, logging to a file.
-start() {
-	local name="$1"
-	shift
-	# fd 9 is the state lock: the components must not inherit (and hold) it.
-	setsid "${BIN_DIR}/${name}" "$@" </dev/null >"$(log_file "${name}")" 2>&1 9>&- &
-	echo "$!" >"$(pid_file "${name}")"
-}
-
-fail_component() {
-	local name="$1" reason="$2"
-	log "control-plane: ${name} ${reason}; last lines of $(log_file "${name}"):"
-	tail -n 40 "$(log_file "${name}")" >&2 || true
+# on_component_failure: a component failed to start (fail_component): stop
+# the others, so that up can start them again on other ports.
+on_component_failure() {
 	stop_all
-	exit 1
-}
-
-# wait_for NAME URL EXPECTED [CURL ARGS...]: poll URL until its body is EXPECTED.
-wait_for() {
-	local name="$1" url="$2" expected="$3" deadline body
-	shift 3
-	deadline=$((SECONDS + READY_TIMEOUT_SECONDS))
-	while ((SECONDS < deadline)); do
-		# The pid, not component_pid: right after the fork the process may not
-		# have exec'd its program yet, and its command line is still the shell's.
-		kill -0 "$(cat "$(pid_file "${name}")")" 2>/dev/null || fail_component "${name}" "exited"
-		body="$(curl --silent --max-time 5 "$@" "${url}" 2>/dev/null || true)"
-		[[ "${body}" == "${expected}" ]] && return 0
-		sleep 0.2
-	done
-	fail_component "${name}" "did not answer '${expected}' on ${url} within ${READY_TIMEOUT_SECONDS}s (last answer: ${body:-none})"
 }
 
 start_etcd() {
 	mkdir -p "${STATE_DIR}/etcd"
 	chmod 700 "${STATE_DIR}/etcd"
-	start etcd \
+	start_component etcd "${BIN_DIR}/etcd" \
 		--name=local \
 		--data-dir="${STATE_DIR}/etcd" \
 		--listen-client-urls="http://127.0.0.1:${ETCD_PORT}" \
@@ -164,11 +129,11 @@ start_etcd() {
 		--initial-cluster="local=http://127.0.0.1:${ETCD_PEER_PORT}" \
 		--unsafe-no-fsync=true \
 		--log-level=warn
-	wait_for etcd "http://127.0.0.1:${ETCD_PORT}/readyz" "ok"
+	wait_until etcd "'ok' from /readyz" answers_ok "http://127.0.0.1:${ETCD_PORT}/readyz"
 }
 
 start_apiserver() {
-	start kube-apiserver \
+	start_component kube-apiserver "${BIN_DIR}/kube-apiserver" \
 		--advertise-address=127.0.0.1 \
 		--bind-address=127.0.0.1 \
 		--secure-port="${APISERVER_PORT}" \
@@ -198,14 +163,14 @@ start_apiserver() {
 		--kubelet-certificate-authority="$(pki ca.crt)" \
 		--kubelet-preferred-address-types=InternalIP \
 		--profiling=false
-	wait_for kube-apiserver "https://127.0.0.1:${APISERVER_PORT}/readyz" "ok" \
+	wait_until kube-apiserver "'ok' from /readyz" answers_ok "https://127.0.0.1:${APISERVER_PORT}/readyz" \
 		--cacert "$(pki ca.crt)" --cert "$(pki admin.crt)" --key "$(pki admin.key)"
 }
 
 start_controller_manager() {
 	local kubeconfig="${STATE_DIR}/controller-manager.kubeconfig"
 	write_kubeconfig "${kubeconfig}" "https://127.0.0.1:${APISERVER_PORT}" controller-manager
-	start kube-controller-manager \
+	start_component kube-controller-manager "${BIN_DIR}/kube-controller-manager" \
 		--kubeconfig="${kubeconfig}" \
 		--authentication-kubeconfig="${kubeconfig}" \
 		--authorization-kubeconfig="${kubeconfig}" \
@@ -220,23 +185,37 @@ start_controller_manager() {
 		--use-service-account-credentials=true \
 		--leader-elect=false \
 		--profiling=false
-	wait_for kube-controller-manager "https://127.0.0.1:${CONTROLLER_MANAGER_PORT}/healthz" "ok" \
-		--cacert "$(pki ca.crt)" --insecure
+	wait_until kube-controller-manager "'ok' from /healthz" \
+		answers_ok "https://127.0.0.1:${CONTROLLER_MANAGER_PORT}/healthz" --cacert "$(pki ca.crt)" --insecure
 }
 
-# cert_manager_crds_dir: cert-manager's deploy/crds at the pinned version,
-# from the module cache (downloaded through the Go module proxy if needed).
+# cert_manager_crds_dir: cert-manager's deploy/crds at CERT_MANAGER_VERSION,
+# from the module cache (downloaded through the Go module proxy if needed),
+# rendered into the state directory.
 cert_manager_crds_dir() {
-	local dir
+	local dir file out="${STATE_DIR}/cert-manager-crds"
 	dir="$(cd / && GOFLAGS='' go mod download -json "github.com/cert-manager/cert-manager@${CERT_MANAGER_VERSION}" |
 		sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
 	[[ -d "${dir}/deploy/crds" ]] || die "cert-manager ${CERT_MANAGER_VERSION} has no deploy/crds"
-	# Some cert-manager releases keep Helm template markup in these files;
-	# they must be rendered before they can be applied.
-	if grep -l '{{' "${dir}"/deploy/crds/*.yaml >&2; then
-		die "cert-manager ${CERT_MANAGER_VERSION}'s CRDs above are templated; render them before applying"
+	mkdir -p "${out}"
+	for file in "${dir}"/deploy/crds/*.yaml; do
+		render_crd "${file}" >"${out}/${file##*/}"
+	done
+	if grep -l '{{' "${out}"/*.yaml >&2; then
+		die "cert-manager ${CERT_MANAGER_VERSION}'s CRDs above hold template markup render_crd does not know"
 	fi
-	echo "${dir}/deploy/crds"
+	echo "${out}"
+}
+
+# render_crd FILE: one of cert-manager's deploy/crds files, ready to apply.
+# Older releases (v1.11 among them) keep the Helm chart's label markup there:
+# the labels app, app.kubernetes.io/name and app.kubernetes.io/instance get
+# the value cert-manager's static manifest gives them, and the comment that
+# pulls in the chart's other labels goes.
+render_crd() {
+	sed -e "s/'{{ template \"cert-manager.name\" . }}'/cert-manager/" \
+		-e "s/'{{ .Release.Name }}'/cert-manager/" \
+		-e '/^ *# Generated labels {{/d' "$1"
 }
 
 install_cert_manager_crds() {
@@ -262,37 +241,17 @@ is_running() {
 	# Every process is alive: give a busy API server time before calling it broken.
 	local deadline=$((SECONDS + 30))
 	while ((SECONDS < deadline)); do
-		[[ "$(curl --silent --max-time 5 --cacert "$(pki ca.crt)" --cert "$(pki admin.crt)" \
-			--key "$(pki admin.key)" "https://127.0.0.1:${APISERVER_PORT}/readyz" 2>/dev/null || true)" == ok ]] &&
-			return 0
+		answers_ok "https://127.0.0.1:${APISERVER_PORT}/readyz" \
+			--cacert "$(pki ca.crt)" --cert "$(pki admin.crt)" --key "$(pki admin.key)" && return 0
 		sleep 1
 	done
 	return 1
 }
 
-# stop_all: TERM every component at once (the state goes away with them, so
-# there is nothing to hand over in order), then KILL what is left after 10s.
+# stop_all: every component at once (the state goes away with them, so
+# there is nothing to hand over in order).
 stop_all() {
-	local name pid pids=() i
-	for name in "${COMPONENTS[@]}"; do
-		pid="$(component_pid "${name}")"
-		if [[ -n "${pid}" ]]; then
-			pids+=("${pid}")
-			kill -TERM "${pid}" 2>/dev/null || true
-		fi
-	done
-	for pid in "${pids[@]}"; do
-		for ((i = 0; i < 100; i++)); do
-			[[ -d "/proc/${pid}" ]] || break
-			sleep 0.1
-		done
-		if [[ -d "/proc/${pid}" ]]; then
-			kill -KILL "${pid}" 2>/dev/null || true
-		fi
-	done
-	for name in "${COMPONENTS[@]}"; do
-		rm -f "$(pid_file "${name}")"
-	done
+	stop_components "${COMPONENTS[@]}"
 }
 
 remove_state() {
@@ -338,31 +297,21 @@ start_components() {
 	done
 }
 
-# take_lock: serialise up and down on one state directory. Returns non-zero
-# when another holder keeps the lock past the timeout.
 # guard_service_range: route the service range nowhere while the plane runs,
-# so nothing can dial a service IP off this machine (root only; recorded in
-# the state so that down removes only what up added).
+# so nothing can dial a service IP off this machine (root only, and only when
+# nothing routes the range yet; recorded in the state so that down removes
+# only what up added).
 guard_service_range() {
 	[[ "${NVSENTINEL_GUARD_SERVICE_RANGE:-1}" == 1 && "$(id -u)" == 0 ]] || return 0
 	command -v ip >/dev/null || return 0
-	if ip route show "${SERVICE_CIDR}" | grep -q .; then
-		return 0
-	fi
-	ip route add unreachable "${SERVICE_CIDR}"
+	[[ -z "$(other_routes "${SERVICE_CIDR}")" ]] || return 0
+	add_guard_route "${SERVICE_CIDR}"
 	touch "${STATE_DIR}/service-range-guard"
-	log "control-plane: added route 'unreachable ${SERVICE_CIDR}'"
 }
 
 unguard_service_range() {
 	[[ -f "${STATE_DIR}/service-range-guard" ]] || return 0
-	ip route del unreachable "${SERVICE_CIDR}" 2>/dev/null || true
-}
-
-take_lock() {
-	mkdir -p "$(dirname "${STATE_DIR}")"
-	exec 9>"${STATE_DIR%/}.lock"
-	flock -w $((READY_TIMEOUT_SECONDS + 30)) 9
+	remove_guard_route "${SERVICE_CIDR}"
 }
 
 # on_up_exit: when up fails half-way, stop what it started (logs stay).
@@ -375,7 +324,7 @@ on_up_exit() {
 
 cmd_up() {
 	local start_time
-	take_lock || die "another hack/control-plane.sh holds ${STATE_DIR%/}.lock"
+	take_lock $((READY_TIMEOUT_SECONDS + 30)) || die "another hack/control-plane.sh holds ${STATE_DIR%/}.lock"
 	if [[ -d "${STATE_DIR}" ]] && is_running; then
 		log "control-plane: already running (state in ${STATE_DIR})"
 		print_export
@@ -411,7 +360,7 @@ cmd_down() {
 		rmdir "${STATE_DIR}" 2>/dev/null && return 0
 		die "${STATE_DIR} was not made by this script; not touching it"
 	fi
-	take_lock || log "control-plane: ${STATE_DIR%/}.lock is held; stopping anyway"
+	take_lock $((READY_TIMEOUT_SECONDS + 30)) || log "control-plane: ${STATE_DIR%/}.lock is held; stopping anyway"
 	stop_all
 	unguard_service_range
 	remove_state

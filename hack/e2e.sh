@@ -10,7 +10,7 @@ PYTEST="$REPO/.venv/bin/pytest"
 REPORT="$REPO/test-reports/e2e.xml"
 
 usage() {
-  cat <<USAGE
+	cat <<USAGE
 Usage: hack/e2e.sh [-- PYTEST-ARGS]
 
 Creates (or reuses) the kind cluster 'nvsentinel-e2e', installs cert-manager's
@@ -29,26 +29,29 @@ Environment:
   E2E_KIND_CLUSTER      kind cluster name (default nvsentinel-e2e)
   E2E_KEEP_CLUSTER=1    keep the kind cluster afterwards
   KIND_NODE_IMAGE       kind node image (default: kind's own)
-  CERT_MANAGER_VERSION  cert-manager release for the static manifest
+  CERT_MANAGER_VERSION  cert-manager release for the static manifest (default: hack/versions.env)
   CERT_MANAGER_MANIFEST URL or file of the manifest (overrides the version)
   E2E_ARTIFACTS         diagnostics folder (default e2e-artifacts/)
 USAGE
 }
 
 check_prerequisites() {
-  [ -x "$PYTEST" ] || { echo "e2e.sh: $PYTEST not found; run 'make setup' first" >&2; exit 2; }
-  local tool
-  for tool in helm kind; do
-    if [ ! -x "$REPO/.bin/$tool" ] && ! command -v "$tool" >/dev/null; then
-      echo "e2e.sh: $tool not found in .bin/ or on PATH; run 'make setup'" >&2
-      exit 2
-    fi
-  done
+	[ -x "$PYTEST" ] || {
+		echo "e2e.sh: $PYTEST not found; run 'make setup' first" >&2
+		exit 2
+	}
+	local tool
+	for tool in helm kind; do
+		if [ ! -x "$REPO/.bin/$tool" ] && ! command -v "$tool" >/dev/null; then
+			echo "e2e.sh: $tool not found in .bin/ or on PATH; run 'make setup'" >&2
+			exit 2
+		fi
+	done
 }
 
 # Prints "tests failures errors skipped" of the JUnit report.
 report_counts() {
-  "$REPO/.venv/bin/python" - "$REPORT" <<'PY'
+	"$REPO/.venv/bin/python" - "$REPORT" <<'PY'
 import sys
 import xml.etree.ElementTree as ET
 
@@ -59,29 +62,35 @@ PY
 }
 
 run_suite() {
-  mkdir -p "$(dirname "$REPORT")"
-  local rc=0
-  PATH="$REPO/.bin:$PATH" "$PYTEST" -m e2e "$REPO/tests/e2e" -rs --junitxml="$REPORT" "$@" || rc=$?
-  [ "$rc" -eq 0 ] || return "$rc"
-  local tests failures errors skipped
-  read -r tests failures errors skipped < <(report_counts)
-  echo "e2e: ran $tests, failed $((failures + errors)), skipped $skipped"
-  if [ "$tests" -eq 0 ] || [ "$skipped" -eq "$tests" ]; then
-    echo "e2e.sh: the suite did not run (see the skip reason above)" >&2
-    return 1
-  fi
+	mkdir -p "$(dirname "$REPORT")"
+	local rc=0
+	PATH="$REPO/.bin:$PATH" "$PYTEST" -m e2e "$REPO/tests/e2e" -rs --junitxml="$REPORT" "$@" || rc=$?
+	[ "$rc" -eq 0 ] || return "$rc"
+	local tests failures errors skipped
+	read -r tests failures errors skipped < <(report_counts)
+	echo "e2e: ran $tests, failed $((failures + errors)), skipped $skipped"
+	if [ "$tests" -eq 0 ] || [ "$skipped" -eq "$tests" ]; then
+		echo "e2e.sh: the suite did not run (see the skip reason above)" >&2
+		return 1
+	fi
 }
 
 main() {
-  case "${1:-}" in
-    -h|--help) usage; exit 0 ;;
-    --) shift ;;
-    "") ;;
-    *) echo "e2e.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
-  esac
-  check_prerequisites
-  cd "$REPO"
-  run_suite "$@"
+	case "${1:-}" in
+		-h | --help)
+			usage
+			exit 0
+			;;
+		--) shift ;;
+		"") ;;
+		*)
+			echo "e2e.sh: unknown argument '$1' (see --help)" >&2
+			exit 2
+			;;
+	esac
+	check_prerequisites
+	cd "$REPO"
+	run_suite "$@"
 }
 
 main "$@"

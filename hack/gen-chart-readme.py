@@ -9,10 +9,11 @@ and writes one table per file between the markers
     <!-- values-table:end -->
 
 in charts/nvsentinel/README.md. A key is documented by a comment block that
-starts with `# -- ` directly above it (continuation lines start with `# `).
-Every key must be documented, itself or through a documented parent map.
-As in helm-docs, `# -- (int) text` gives the type where the default cannot
-(null).
+starts with `# -- ` directly above it (continuation lines start with `# `;
+hack/values_comments.py parses them, and leaves the `# +schema:` lines to
+hack/gen-values-schema.py). Every key must be documented, itself or through a
+documented parent map. As in helm-docs, `# -- (int) text` gives the type where
+the default cannot (null).
 
 Usage:
     hack/gen-chart-readme.py           rewrite the README's tables
@@ -25,68 +26,22 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from values_comments import AnnotationError, parse, split_type_hint
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "nvsentinel"
 START = "<!-- values-table:start -->"
 END = "<!-- values-table:end -->"
 
-KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[^\s#'\"-][^:#]*|\"[^\"]+\"|'[^']+'):(\s|$)")
-DOC_START = re.compile(r"^ *# -- ?(?P<text>.*)$")
-TYPE_HINT = re.compile(r"^\((?P<type>[a-z]+)\) (?P<rest>.*)$")
-DOC_MORE = re.compile(r"^ *#(?: (?P<text>.*))?$")
-
-
-@dataclass(frozen=True)
-class Documented:
-    """One documented key: its dotted path and its description."""
-
-    path: tuple[str, ...]
-    description: str
-
 
 class UndocumentedError(Exception):
     """A values key has no `# --` comment (itself or on a parent), or the markers are missing."""
-
-
-def parse_comments(text: str) -> list[Documented]:
-    """Every key preceded by a `# --` block, with its full path, in file order."""
-    documented: list[Documented] = []
-    stack: list[tuple[int, str]] = []
-    pending: list[str] | None = None
-    for line in text.splitlines():
-        if not line.strip():
-            pending = None
-            continue
-        start = DOC_START.match(line)
-        if start:
-            pending = [start.group("text").strip()]
-            continue
-        more = DOC_MORE.match(line)
-        if more:
-            if pending is not None:
-                pending.append((more.group("text") or "").strip())
-            continue
-        key = KEY_LINE.match(line)
-        if not key:
-            continue  # list items and block scalars belong to the key above
-        indent = len(key.group("indent"))
-        name = key.group("key").strip().strip("'\"")
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        stack.append((indent, name))
-        if pending is not None:
-            path = tuple(k for _, k in stack)
-            documented.append(Documented(path, " ".join(p for p in pending if p)))
-            pending = None
-    return documented
 
 
 def leaf_paths(value: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -130,7 +85,10 @@ def table(values_file: Path, chart: Path, prefix: str = "") -> str:
     """The Markdown table of one values file; raises UndocumentedError for a bare key."""
     text = values_file.read_text()
     values = yaml.safe_load(text) or {}
-    documented = parse_comments(text)
+    try:
+        documented = parse(text).documented()
+    except AnnotationError as err:
+        raise UndocumentedError(f"{values_file.relative_to(chart.parent)}: {err}") from err
     covered = {d.path for d in documented}
     missing = [
         ".".join(p)
@@ -149,10 +107,8 @@ def table(values_file: Path, chart: Path, prefix: str = "") -> str:
         ):
             continue  # a documented map whose keys have their own rows
         key = prefix + ".".join(doc.path)
-        kind, description = type_name(default), doc.description
-        hinted = TYPE_HINT.match(description)
-        if hinted:
-            kind, description = hinted.group("type"), hinted.group("rest")
+        hint, description = split_type_hint(doc.description or "")
+        kind = hint or type_name(default)
         shown = json.dumps(default, separators=(",", ":"))
         rows.append(f"| `{cell(key)}` | {kind} | `{cell(shown)}` | {cell(description)} |")
     return "\n".join(rows)

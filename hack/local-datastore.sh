@@ -23,7 +23,7 @@ configured as the chart configures its server:
   - ssl = on, TLS 1.2 at least, certificates laid out as cert-manager's Secrets
     (a CA, a server certificate for localhost and 127.0.0.1, client certificate
     directories for ${APP_USER} and ${MIGRATION_USER} with tls.crt, tls.key
-    (0600) and ca.crt), made by 'python -m tests.fixtures.ca';
+    (0600) and ca.crt), made by 'python -m devsupport.ca';
   - pg_hba: 'hostssl all all 127.0.0.1/32 cert' (the certificate's CN is the
     user); no non-TLS rule. The script itself works through the Unix socket in
     the private state directory;
@@ -132,7 +132,7 @@ superuser_psql() {
 }
 
 make_certificates() {
-	(cd "${ROOT_DIR}" && "${VENV}/bin/python" -m tests.fixtures.ca "$(pki_dir)" \
+	(cd "${ROOT_DIR}" && "${VENV}/bin/python" -m devsupport.ca "$(pki_dir)" \
 		--client "${APP_USER}" --client "${MIGRATION_USER}" >/dev/null)
 }
 
@@ -271,33 +271,33 @@ main() {
 	local command="${1:-}"
 	shift || true
 	case "${command}" in
-	-h | --help | help)
-		usage
-		return 0
-		;;
-	"")
-		usage >&2
-		return 2
-		;;
+		-h | --help | help)
+			usage
+			return 0
+			;;
+		"")
+			usage >&2
+			return 2
+			;;
 	esac
 	BINDIR="$(find_bindir)"
 	case "${command}" in
-	up) cmd_up ;;
-	down) cmd_down ;;
-	status) cmd_status ;;
-	env)
-		local user="${APP_USER}"
-		if [[ "${1:-}" == "--user" ]]; then
-			[[ -n "${2:-}" ]] || die "--user needs a user name"
-			user="$2"
-		fi
-		[[ -d "$(pki_dir)/clients/${user}" ]] || die "no client certificate for ${user} in $(pki_dir)/clients"
-		print_env "${user}"
-		;;
-	*)
-		usage >&2
-		die "unknown command: ${command}"
-		;;
+		up) cmd_up ;;
+		down) cmd_down ;;
+		status) cmd_status ;;
+		env)
+			local user="${APP_USER}"
+			if [[ "${1:-}" == "--user" ]]; then
+				[[ -n "${2:-}" ]] || die "--user needs a user name"
+				user="$2"
+			fi
+			[[ -d "$(pki_dir)/clients/${user}" ]] || die "no client certificate for ${user} in $(pki_dir)/clients"
+			print_env "${user}"
+			;;
+		*)
+			usage >&2
+			die "unknown command: ${command}"
+			;;
 	esac
 }
 

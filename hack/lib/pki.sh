@@ -61,20 +61,3 @@ current-context: nvsentinel-local
 EOF
 	chmod 600 "${file}"
 }
-
-# free_ports N: N distinct free TCP ports on 127.0.0.1.
-free_ports() {
-	python3 - "$1" <<'EOF'
-import socket
-import sys
-
-sockets = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    sockets.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in sockets))
-for s in sockets:
-    s.close()
-EOF
-}

@@ -6,9 +6,10 @@ prints; the work is in the library. Errors become one line on stderr and an
 exit code:
 
 0 success; 1 unhealthy / migrations pending; 2 bad usage or configuration;
-3 change history lost; 4 datastore unreachable; 5 other datastore error;
+3 change history lost; 4 datastore unreachable; 5 the run failed: another
+datastore error, or (migrate) a source that could not be read to its end;
 6 (migrate) documents already stored with different content (see
-:mod:`nvsentinel_store.migrate_cli`).
+:mod:`nvsentinel_store.migrate.cli`).
 """
 
 from __future__ import annotations
@@ -30,17 +31,21 @@ from wsgiref.simple_server import WSGIServer
 import psycopg
 from prometheus_client import CollectorRegistry, start_http_server
 
-from nvsentinel_store import health, migrate_cli, migrations
-from nvsentinel_store.config import Settings, postgres_conninfo
+from nvsentinel_store.arguments import positive_int
+from nvsentinel_store.config import Settings
 from nvsentinel_store.errors import (
     ConfigError,
     HistoryLostError,
+    ImportFailedError,
     MigrationError,
     QueryError,
     StoreError,
     StoreUnavailableError,
 )
 from nvsentinel_store.metrics import WatchMetrics
+from nvsentinel_store.migrate import cli as migrate_cli
+from nvsentinel_store.providers.postgresql import health, migrations
+from nvsentinel_store.providers.postgresql.connection import connect
 from nvsentinel_store.query import (
     MAX_NESTING_DEPTH,
     contains_nul,
@@ -54,6 +59,7 @@ EXIT_UNHEALTHY: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_HISTORY_LOST: Final = 3
 EXIT_UNAVAILABLE: Final = 4
+#: The run failed: another datastore error, or (migrate) a source that failed partway.
 EXIT_STORE_ERROR: Final = 5
 EXIT_CONFLICT: Final = migrate_cli.EXIT_CONFLICT
 
@@ -69,16 +75,6 @@ def parse_duration(text: str) -> float:
             f"{text!r} is not a duration (a number with s, m, h or d, e.g. 7d)"
         )
     return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
 
 
 _PORT: Final = re.compile(r"[0-9]{1,5}")
@@ -186,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 after this long without an event",
     )
     watch.add_argument(
-        "--max-events", type=_positive_int, default=None, help="exit 0 after N events"
+        "--max-events", type=positive_int, default=None, help="exit 0 after N events"
     )
-    watch.add_argument("--batch-size", type=_positive_int, default=WatchOptions.batch_size)
+    watch.add_argument("--batch-size", type=positive_int, default=WatchOptions.batch_size)
     watch.add_argument(
         "--poll-interval",
         type=parse_duration,
@@ -220,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--max-age", type=parse_duration, default=parse_duration("7d"), help="default 7d"
     )
+    prune.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="changes deleted per collection in one transaction; streams wait for at most "
+        "one batch (default 5000)",
+    )
     return parser
 
 
@@ -233,17 +236,6 @@ def _settings(env: dict[str, str], command: str) -> Settings:
     return settings
 
 
-def _connect(settings: Settings) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(postgres_conninfo(settings), autocommit=True)
-    except psycopg.OperationalError as err:
-        reason = " ".join(str(err).split())
-        raise StoreUnavailableError(
-            f"cannot connect to {settings.host}:{settings.port}/{settings.database} "
-            f"as {settings.username}: {reason}"
-        ) from err
-
-
 def _json_default(value: Any) -> Any:
     """Datetimes as ISO 8601; other non-JSON values (BSON ObjectId, Timestamp) as text."""
     if isinstance(value, datetime):
@@ -252,7 +244,7 @@ def _json_default(value: Any) -> Any:
 
 
 def cmd_schema(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> int:
-    with _connect(settings) as conn:
+    with connect(settings, autocommit=True) as conn:
         if args.schema_command == "apply":
             done = migrations.apply(
                 conn,
@@ -280,7 +272,7 @@ def cmd_schema(args: argparse.Namespace, settings: Settings, out: TextIO, err: T
 
 def cmd_health(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> int:
     try:
-        conn = _connect(settings)
+        conn = connect(settings, autocommit=True)
     except StoreUnavailableError as error:
         if args.json:
             print(json.dumps(health.unreachable(str(error)).as_dict()), file=out)
@@ -395,15 +387,24 @@ def _watch_loop(stream: Any, args: argparse.Namespace, out: TextIO, stop: _Stop)
 
 
 def cmd_prune(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> int:
-    from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
+    from nvsentinel_store.providers.postgresql.provider import (
+        PRUNE_BATCH_SIZE,
+        PostgresStore,
+        StoreOptions,
+    )
 
-    print(f"pruning changes older than {args.max_age:g}s ...", file=err, flush=True)
+    batch_size = args.batch_size or PRUNE_BATCH_SIZE
+    print(
+        f"pruning changes older than {args.max_age:g}s, {batch_size} per transaction ...",
+        file=err,
+        flush=True,
+    )
     with PostgresStore.from_settings(settings, StoreOptions(max_pool_size=1)) as store:
-        results = store.prune(args.max_age)
+        results = store.prune(args.max_age, batch_size)
     for result in results:
         print(
-            f"{result.collection}: deleted {result.deleted_changes} change(s), "
-            f"expired {result.expired_consumers} consumer(s)",
+            f"{result.collection}: deleted {result.deleted_changes} change(s) in "
+            f"{result.batches} transaction(s), expired {result.expired_consumers} consumer(s)",
             file=out,
         )
     return EXIT_OK
@@ -442,6 +443,9 @@ def main(
         return EXIT_UNAVAILABLE
     except MigrationError as error:
         print(f"nvsentinel-store: migration failed: {error}", file=err)
+        return EXIT_STORE_ERROR
+    except ImportFailedError as error:
+        print(f"nvsentinel-store: import failed: {error}", file=err)
         return EXIT_STORE_ERROR
     except StoreError as error:
         print(f"nvsentinel-store: {error}", file=err)

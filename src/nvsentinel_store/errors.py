@@ -39,5 +39,16 @@ class StoreUnavailableError(StoreError):
     """The datastore could not be reached (after retrying, where the operation retries)."""
 
 
+class ImportFailedError(StoreError):
+    """A ``migrate`` run that had started could not go on: a source became unreadable.
+
+    E.g. an export file that is truncated or was removed during the run, the
+    parser process that died, or a MongoDB source that failed mid-read. Names
+    the source and the reason. Not a :class:`ConfigError`: the command line was
+    right, and every batch committed before the failure stays (a second run
+    adds only the rest).
+    """
+
+
 class DuplicateKeyError(StoreError):
     """A document with the same ``_id`` (or unique key) already exists."""

@@ -95,7 +95,7 @@ class WatchOptions:
     event and reconnection (PostgreSQL streams; metrics).
     """
 
-    poll_interval: float = 0.05
+    poll_interval: float = 0.1
     min_poll_interval: float = 0.001
     batch_size: int = 500
     reconnect_max_delay: float = 5.0

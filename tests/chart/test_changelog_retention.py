@@ -65,6 +65,7 @@ def test_prune_cronjob_defaults_hourly_seven_days_forbid_and_history_limits() ->
     assert spec["failedJobsHistoryLimit"] == 3
     assert pod_spec(cronjob)["restartPolicy"] == "Never"
     assert env_map(prune_container(cronjob))["MAX_AGE"]["value"] == "7 days"
+    assert env_map(prune_container(cronjob))["BATCH_SIZE"]["value"] == "5000"
     assert pod_labels(cronjob)["app.kubernetes.io/name"] == "changelog-prune"
 
 
@@ -75,7 +76,7 @@ def test_prune_cronjob_runs_psql_from_the_schema_jobs_image_as_the_pruner_role()
     jobs = chart.of_kind(objects, "Job")
     schema_job = next(j for j in jobs if j["metadata"]["name"].startswith("nvsentinel-schema-"))
     assert container["image"] == pod_spec(schema_job)["containers"][0]["image"]
-    assert "datastore_changelog_prune(:'max_age')" in container["args"][0]
+    assert "datastore_changelog_prune(:'max_age', :'batch_size')" in container["args"][0]
     env = env_map(container)
     # The pruner, not the application: EXECUTE on the function is granted to
     # nvsentinel_pruner only, the CN of the certificate only this CronJob mounts.
@@ -110,6 +111,7 @@ def test_prune_cronjob_takes_its_schedule_max_age_and_resources_from_values() ->
             "changelogRetention.successfulJobsHistoryLimit=1",
             "changelogRetention.failedJobsHistoryLimit=5",
             "changelogRetention.resources.limits.memory=96Mi",
+            "changelogRetention.batchSize=500",
         ],
     )
     (cronjob,) = prune_cronjobs(objects)
@@ -118,6 +120,7 @@ def test_prune_cronjob_takes_its_schedule_max_age_and_resources_from_values() ->
     assert cronjob["spec"]["failedJobsHistoryLimit"] == 5
     container = prune_container(cronjob)
     assert env_map(container)["MAX_AGE"]["value"] == "1 day 12 hours"
+    assert env_map(container)["BATCH_SIZE"]["value"] == "500"
     assert container["resources"]["limits"]["memory"] == "96Mi"
 
 
@@ -143,3 +146,10 @@ def test_bad_max_age_or_schedule_is_refused_naming_the_key(assignment: str, key:
     message = str(refused.value)
     assert key in message, message
     assert "does not match pattern" in message, message
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "many"])
+def test_a_batch_size_below_one_or_not_a_number_is_refused_naming_the_key(size: str) -> None:
+    with pytest.raises(chart.RenderError) as refused:
+        chart.render(["values-postgresql.yaml"], [f"changelogRetention.batchSize={size}"])
+    assert "/changelogRetention/batchSize" in str(refused.value), str(refused.value)

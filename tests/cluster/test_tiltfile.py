@@ -27,6 +27,7 @@ from kubernetes import client, config
 
 from tests.cluster.conftest import REPO, create_namespace, delete_namespace, namespace_name
 from tests.fixtures.chart import SERVICES
+from tests.fixtures.versions import pinned
 
 pytestmark = pytest.mark.cluster
 
@@ -278,7 +279,11 @@ def test_tilt_ci_applies_the_resources_that_need_no_pod(
 @pytest.mark.parametrize(
     ("manifest", "applied"),
     [
-        (None, "https://github.com/cert-manager/cert-manager/releases/download/v1.19.4/"),
+        (
+            None,
+            "https://github.com/cert-manager/cert-manager/releases/download/"
+            f"{pinned('CERT_MANAGER_VERSION')}/",
+        ),
         ("/srv/mirror/cert-manager.yaml", "/srv/mirror/cert-manager.yaml"),
         ("skip", None),
     ],

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from nvsentinel_store import migrations
-from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
-from tests.fixtures.postgres import APP_USER, MIGRATION_USER, PostgresDatabase
+from devsupport.postgres import APP_USER, MIGRATION_USER, PostgresDatabase
+from nvsentinel_store.providers.postgresql import migrations
+from nvsentinel_store.providers.postgresql.provider import PostgresStore, StoreOptions
 
 #: The history a pre-release of this chart left: schema_migrations with checksums.
 PRE_RELEASE_HISTORY = (

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from devsupport.postgres import APP_USER, BOOTSTRAP_SQL, MIGRATION_USER, PostgresServer
 from tests.fixtures import chart
-from tests.fixtures.postgres import APP_USER, BOOTSTRAP_SQL, MIGRATION_USER, PostgresServer
 
 MONITOR_USER = "nvsentinel_monitor"
 BACKUP_USER = "nvsentinel_backup"

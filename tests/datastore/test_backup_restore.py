@@ -25,15 +25,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from nvsentinel_store.changestream import PostgresChangeStream
-from nvsentinel_store.errors import HistoryLostError
-from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
-from nvsentinel_store.store import ChangeEvent, WatchOptions
-from tests.datastore.subchart_scripts import BACKUP_USER, run_initdb_script, scripts
-from tests.datastore.test_prune_limits import backdate, pruner_store
-from tests.fixtures import chart
-from tests.fixtures.ca import Pki
-from tests.fixtures.postgres import (
+from devsupport.ca import Pki
+from devsupport.postgres import (
     APP_USER,
     MIGRATION_USER,
     PostgresDatabase,
@@ -41,6 +34,13 @@ from tests.fixtures.postgres import (
     destroy_server,
     start_server,
 )
+from nvsentinel_store.errors import HistoryLostError
+from nvsentinel_store.providers.postgresql.changestream import PostgresChangeStream
+from nvsentinel_store.providers.postgresql.provider import PostgresStore, StoreOptions
+from nvsentinel_store.store import ChangeEvent, WatchOptions
+from tests.datastore.subchart_scripts import BACKUP_USER, run_initdb_script, scripts
+from tests.datastore.test_prune_limits import backdate, pruner_store
+from tests.fixtures import chart
 
 pytestmark = pytest.mark.datastore
 

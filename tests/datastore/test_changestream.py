@@ -14,13 +14,17 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from nvsentinel_store import health
-from nvsentinel_store.changestream import PostgresChangeStream
+from devsupport.postgres import PostgresDatabase
 from nvsentinel_store.errors import HistoryLostError, QueryError
-from nvsentinel_store.providers.postgresql import PostgresCollection, PostgresStore, StoreOptions
+from nvsentinel_store.providers.postgresql import health
+from nvsentinel_store.providers.postgresql.changestream import PostgresChangeStream
+from nvsentinel_store.providers.postgresql.provider import (
+    PostgresCollection,
+    PostgresStore,
+    StoreOptions,
+)
 from nvsentinel_store.store import ChangeEvent, WatchOptions
 from tests.datastore.test_prune_limits import backdate, pruner_store
-from tests.fixtures.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 

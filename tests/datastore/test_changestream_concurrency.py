@@ -20,10 +20,10 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from nvsentinel_store.changestream import PostgresChangeStream
-from nvsentinel_store.providers.postgresql import PostgresStore
+from devsupport.postgres import PostgresDatabase
+from nvsentinel_store.providers.postgresql.changestream import PostgresChangeStream
+from nvsentinel_store.providers.postgresql.provider import PostgresStore
 from nvsentinel_store.store import WatchOptions
-from tests.fixtures.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 

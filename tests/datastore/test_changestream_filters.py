@@ -13,8 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from nvsentinel_store.changestream import Position, event_matches, parse_pipeline
-from nvsentinel_store.providers.postgresql import PostgresCollection, PostgresStore
+from nvsentinel_store.providers.postgresql.change_events import event_matches, parse_pipeline
+from nvsentinel_store.providers.postgresql.positions import Position
+from nvsentinel_store.providers.postgresql.provider import PostgresCollection, PostgresStore
 from nvsentinel_store.store import ChangeEvent, WatchOptions
 
 pytestmark = pytest.mark.datastore

@@ -15,12 +15,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from nvsentinel_store.changestream import PostgresChangeStream
-from nvsentinel_store.providers.postgresql import PRUNER_ROLE, PostgresStore
+from devsupport.postgres import MIGRATION_USER, PostgresDatabase
+from nvsentinel_store.providers.postgresql.changestream import PostgresChangeStream
+from nvsentinel_store.providers.postgresql.provider import PRUNER_ROLE, PostgresStore
 from nvsentinel_store.store import ChangeEvent, WatchOptions
 from tests.datastore.test_prune_limits import ensure_pruner
 from tests.fixtures import chart
-from tests.fixtures.postgres import MIGRATION_USER, PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 
@@ -279,6 +279,26 @@ def test_prune_cronjob_keeps_changes_younger_than_max_age_and_expires_silent_con
     assert changelog_count(schema_database) == 4
     again = pod.run("changelog-prune")
     assert "health_events: deleted 0 change(s), expired 0 consumer(s)" in again.stdout
+
+
+def test_prune_cronjob_deletes_in_batches_until_nothing_is_left(
+    schema_database: PostgresDatabase, store: PostgresStore, tmp_path: Path
+) -> None:
+    """With a batch of 2, five old changes take three transactions (2, 2, 1) and all go."""
+    events = store.collection("health_events")
+    for n in range(5):
+        events.insert_one({"healthevent": {"nodename": f"n{n}", "isfatal": False}})
+    age_changes(schema_database)
+    objects = chart.render(["values-postgresql.yaml"], ["changelogRetention.batchSize=2"])
+    pruned = prune_pod(objects, schema_database, tmp_path / "prune").run("changelog-prune")
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert "2 per transaction" in pruned.stdout
+    assert (
+        "changelog-prune: health_events: deleted 5 change(s), expired 0 consumer(s)"
+        in pruned.stdout
+    ), pruned.stdout
+    assert "changelog-prune: done in 3 transaction(s)" in pruned.stdout
+    assert changelog_count(schema_database) == 0
 
 
 def test_prune_cronjob_fails_with_a_message_when_the_schema_was_never_applied(

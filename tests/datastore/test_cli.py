@@ -14,12 +14,16 @@ from typing import Any
 import psycopg
 import pytest
 
+from devsupport.postgres import MIGRATION_USER, PostgresDatabase
 from nvsentinel_store import cli
-from nvsentinel_store.providers.postgresql import PRUNER_ROLE, PostgresStore
+from nvsentinel_store.providers.postgresql.migrations import load_migrations
+from nvsentinel_store.providers.postgresql.provider import PRUNER_ROLE, PostgresStore
 from tests.datastore.test_prune_limits import backdate, ensure_pruner
-from tests.fixtures.postgres import MIGRATION_USER, PostgresDatabase
 
 pytestmark = pytest.mark.datastore
+
+#: The schema version the chart's migration files bring a database to.
+LATEST = load_migrations()[-1].version
 
 BATCH = 25
 
@@ -178,7 +182,10 @@ def test_watch_of_an_expired_consumer_exits_with_history_lost(
     ensure_pruner(schema_database)
     prune = run_cli(schema_database, "prune", "--max-age=1h", user=PRUNER_ROLE)
     assert prune.returncode == 0, prune.stderr
-    assert "health_events: deleted 1 change(s), expired 1 consumer(s)" in prune.stdout
+    assert (
+        "health_events: deleted 1 change(s) in 1 transaction(s), expired 1 consumer(s)"
+        in prune.stdout
+    )
 
     lost = run_cli(
         schema_database,
@@ -214,7 +221,7 @@ def test_health_reports_a_healthy_datastore(
     checks = {c["name"]: c for c in report["checks"]}
     assert report["healthy"] is True
     assert checks["tls"]["ok"] and checks["tls"]["detail"].startswith("TLSv1.")
-    assert checks["schema"]["detail"].startswith("version 4")
+    assert checks["schema"]["detail"].startswith(f"version {LATEST}")
     assert checks["nvsentinel-schema"]["ok"]
     assert checks["nvsentinel-schema"]["detail"].startswith("version 3 ")
     assert checks["triggers"]["detail"] == "6 present and enabled"
@@ -322,7 +329,7 @@ def test_health_without_migration_files_reports_the_recorded_version(
     assert result.returncode == 0, result.stdout + result.stderr
     status, detail = health_table(result.stdout)["schema"]
     assert status == "ok"
-    assert detail.startswith("version 4 (not compared with files")
+    assert detail.startswith(f"version {LATEST} (not compared with files")
 
 
 # -- usage errors of watch: refused while parsing, before any connection -------------

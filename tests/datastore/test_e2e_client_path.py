@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from devsupport.postgres import PostgresDatabase
 from nvsentinel_store.config import Settings, postgres_params
 from tests.e2e.datastore_client import (
     assert_change_stream_round_trip,
@@ -25,7 +26,6 @@ from tests.e2e.datastore_client import (
 )
 from tests.e2e.port_forward_relay import PortForwardRelay
 from tests.e2e.schema_checks import assert_schema_current, assert_tables_and_triggers
-from tests.fixtures.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 

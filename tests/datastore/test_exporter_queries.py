@@ -11,10 +11,10 @@ import psycopg
 import pytest
 import yaml
 
-from nvsentinel_store.providers.postgresql import PostgresStore
+from devsupport.postgres import PostgresDatabase
+from nvsentinel_store.providers.postgresql.provider import PostgresStore
 from tests.datastore.subchart_scripts import MONITOR_USER, run_initdb_script, scripts
 from tests.fixtures import chart
-from tests.fixtures.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 

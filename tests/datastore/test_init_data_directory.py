@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.subcharts import render_subchart
-from tests.datastore.subchart_scripts import BACKUP_USER, MONITOR_USER, scripts
-from tests.fixtures.postgres import (
+from devsupport.postgres import (
     APP_USER,
     BOOTSTRAP_SQL,
     MIGRATION_USER,
     _server_account,
     find_bindir,
 )
+from tests.chart.subcharts import render_subchart
+from tests.datastore.subchart_scripts import BACKUP_USER, MONITOR_USER, scripts
 
 pytestmark = pytest.mark.datastore
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from nvsentinel_store import migrations
 from nvsentinel_store.config import Settings, postgres_conninfo
+from nvsentinel_store.providers.postgresql import migrations
 from tests.datastore.conftest import write_pre_release_history
 
 pytestmark = pytest.mark.datastore

@@ -30,21 +30,20 @@ import pytest
 from bson.objectid import ObjectId
 from pymongo import MongoClient
 
+from devsupport.ca import Pki
+from devsupport.documents import as_stored_json, documents
+from devsupport.mongoexport import export_line, write_export
+from devsupport.postgres import MIGRATION_USER, PostgresDatabase
 from nvsentinel_store import cli, migrate
 from nvsentinel_store.config import Settings, mongo_client_kwargs
 from nvsentinel_store.errors import ConfigError
-from nvsentinel_store.providers.postgresql import PostgresStore
+from nvsentinel_store.migrate.convert import rfc3339
+from nvsentinel_store.migrate.importer import Importer
+from nvsentinel_store.migrate.sources import mongo_reader
+from nvsentinel_store.providers.postgresql.provider import PostgresStore
 from nvsentinel_store.query import encode_datetime, json_equal
 from nvsentinel_store.store import WatchOptions
-from tests.fixtures.ca import Pki
 from tests.fixtures.ferretdb import FerretDBServer
-from tests.fixtures.mongoexport import (
-    documents,
-    expected_json,
-    export_line,
-    write_export,
-)
-from tests.fixtures.postgres import MIGRATION_USER, PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 
@@ -148,7 +147,7 @@ def test_import_keeps_ids_documents_and_extracted_columns_from_relaxed_and_canon
         rows = stored(schema_database, table)
         assert len(rows) == len(docs)
         for doc in docs:
-            want = expected_json(doc)
+            want = as_stored_json(doc)
             assert json_equal(rows[str(doc["_id"])], want), (rows[str(doc["_id"])], want)
 
     # Our typed columns and NVSentinel's, both filled from the imported documents
@@ -614,7 +613,7 @@ def test_live_mongodb_source_imports_both_collections_and_verifies(
     for table, items in docs.items():
         rows = stored(schema_database, table)
         for doc in items:
-            assert json_equal(rows[str(doc["_id"])], expected_json(doc))
+            assert json_equal(rows[str(doc["_id"])], as_stored_json(doc))
 
     code, out, err = run(schema_database, *options, "--collection", "maintenance_events")
     assert code == 0, out + err
@@ -639,7 +638,7 @@ def test_dates_are_written_exactly_as_the_python_store_writes_them() -> None:
         datetime(2026, 3, 1, 10, 0, 0),  # naive: UTC, as the store reads it
     ]
     for value in samples:
-        assert migrate.rfc3339(value) == encode_datetime(value)
+        assert rfc3339(value) == encode_datetime(value)
 
 
 def test_a_file_parsed_by_a_separate_process_imports_the_same_documents_and_rejects(
@@ -666,7 +665,7 @@ def test_a_file_parsed_by_a_separate_process_imports_the_same_documents_and_reje
     assert report.verified is True
     rows = stored(schema_database, "health_events")
     for doc in docs:
-        assert json_equal(rows[str(doc["_id"])], expected_json(doc))
+        assert json_equal(rows[str(doc["_id"])], as_stored_json(doc))
 
 
 def test_a_service_write_during_an_import_batch_waits_for_it_and_is_captured(
@@ -677,10 +676,10 @@ def test_a_service_write_during_an_import_batch_waits_for_it_and_is_captured(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     events = store.collection("health_events")
-    original = migrate._Importer._capture
+    original = Importer._capture
     live: dict[str, Any] = {}
 
-    def capture_then_write_concurrently(importer: migrate._Importer, on: bool) -> None:
+    def capture_then_write_concurrently(importer: Importer, on: bool) -> None:
         original(importer, on)
         if on or "thread" in live or importer.collection != "health_events":
             return
@@ -703,7 +702,7 @@ def test_a_service_write_during_an_import_batch_waits_for_it_and_is_captured(
             time.sleep(0.02)
         raise AssertionError("the service's insert did not wait for the import batch")
 
-    monkeypatch.setattr(migrate._Importer, "_capture", capture_then_write_concurrently)
+    monkeypatch.setattr(Importer, "_capture", capture_then_write_concurrently)
     code, out, err = run(schema_database, "--from-files", str(export_dir), "--batch-size", "100")
     live["thread"].join(timeout=30)
 
@@ -808,7 +807,7 @@ def test_a_too_deep_line_is_a_reject_of_the_cli_and_exit_1(
 
 
 class _FakeCollection:
-    """What _mongo_reader uses of a pymongo collection: name and find().sort()."""
+    """What mongo_reader uses of a pymongo collection: name and find().sort()."""
 
     name = "health_events"
 
@@ -834,7 +833,7 @@ def test_a_live_document_nested_too_deep_is_rejected_by_its_id() -> None:
         {"_id": ObjectId("65f000000000000000000001"), "healthevent": {"nodename": "n", "x": deep}},
         {"_id": "ok", "healthevent": at_limit},
     ]
-    records = list(migrate._mongo_reader(_FakeCollection(docs), 10)())
+    records = list(mongo_reader(_FakeCollection(docs), 10)())
     assert records[0].document is None
     assert records[0].where == "health_events _id 65f000000000000000000001"
     assert records[0].error is not None and "nested deeper than 100 levels" in records[0].error

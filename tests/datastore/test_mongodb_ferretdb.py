@@ -18,10 +18,10 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import ServerSelectionTimeoutError
 
+from devsupport.ca import Pki
 from nvsentinel_store.config import Settings, mongo_client_kwargs
 from nvsentinel_store.providers.mongodb import MongoCollection, MongoStore
 from nvsentinel_store.store import Document
-from tests.fixtures.ca import Pki
 from tests.fixtures.ferretdb import FerretDBServer
 
 pytestmark = pytest.mark.datastore

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from devsupport.ca import Pki
 from nvsentinel_store.config import Settings, TlsFile
 from nvsentinel_store.errors import ConfigError, QueryError, StoreUnavailableError
 from nvsentinel_store.providers.mongodb import MongoStore, RetryPolicy, check_pipeline
 from nvsentinel_store.store import Collection, Store
-from tests.fixtures.ca import Pki
 
 pytestmark = pytest.mark.datastore
 

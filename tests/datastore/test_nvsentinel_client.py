@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
+from devsupport.nvsentinel import apply_nvsentinel_migrations
+from devsupport.postgres import APP_GROUP, APP_USER, PostgresDatabase, PostgresServer
 from tests.datastore.conftest import apply_schema
-from tests.fixtures.nvsentinel import apply_nvsentinel_migrations
-from tests.fixtures.postgres import APP_GROUP, APP_USER, PostgresDatabase, PostgresServer
 
 pytestmark = pytest.mark.datastore
 

@@ -21,11 +21,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
+from devsupport.nvsentinel import NVSENTINEL_MAINTENANCE_COLUMNS, apply_nvsentinel_migrations
+from devsupport.postgres import APP_USER, MIGRATION_USER, PostgresDatabase
+from nvsentinel_store.providers.postgresql.provider import PostgresStore, StoreOptions
 from nvsentinel_store.store import WatchOptions
 from tests.datastore.conftest import apply_schema
-from tests.fixtures.nvsentinel import NVSENTINEL_MAINTENANCE_COLUMNS, apply_nvsentinel_migrations
-from tests.fixtures.postgres import APP_USER, MIGRATION_USER, PostgresDatabase
+
+pytestmark = pytest.mark.datastore
 
 #: Functions NVSentinel's files define; their text is NVSentinel's after its files run.
 NVSENTINEL_FUNCTIONS = ("log_table_changes", "cleanup_changelog", "mark_changelog_processed")

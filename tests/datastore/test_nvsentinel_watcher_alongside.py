@@ -33,8 +33,9 @@ from typing import IO, Any
 import psycopg
 import pytest
 
-from nvsentinel_store.changestream import Position
-from nvsentinel_store.providers.postgresql import PostgresStore
+from devsupport.postgres import PostgresDatabase
+from nvsentinel_store.providers.postgresql.positions import Position
+from nvsentinel_store.providers.postgresql.provider import PostgresStore
 from nvsentinel_store.store import ChangeEvent, WatchOptions
 from tests.datastore.test_changestream_concurrency import (
     DOCUMENT_ID,
@@ -45,7 +46,6 @@ from tests.datastore.test_changestream_concurrency import (
     writer,
 )
 from tests.datastore.test_nvsentinel_client import BINARY, MISSING_BINARY, service_env
-from tests.fixtures.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 

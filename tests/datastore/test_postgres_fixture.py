@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.fixtures.ca import issue_server_cert, make_pki
-from tests.fixtures.postgres import (
+from devsupport.ca import issue_server_cert, make_pki
+from devsupport.postgres import (
     APP_GROUP,
     APP_USER,
     MIGRATION_USER,

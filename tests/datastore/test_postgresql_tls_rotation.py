@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.fixtures.ca import CertDir, issue_server_cert
-from tests.fixtures.postgres import APP_USER, PostgresDatabase, PostgresServer
+from devsupport.ca import CertDir, issue_server_cert
+from devsupport.postgres import APP_USER, PostgresDatabase, PostgresServer
 
 pytestmark = pytest.mark.datastore
 

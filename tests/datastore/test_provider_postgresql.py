@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from nvsentinel_store.errors import DuplicateKeyError, QueryError
-from nvsentinel_store.providers.postgresql import PostgresCollection, PostgresStore
+from nvsentinel_store.providers.postgresql.provider import PostgresCollection, PostgresStore
 from nvsentinel_store.store import Collection, Store
 
 pytestmark = pytest.mark.datastore

@@ -16,44 +16,52 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from devsupport.postgres import APP_GROUP, APP_USER, MIGRATION_USER, PostgresDatabase
 from nvsentinel_store.errors import QueryError
-from nvsentinel_store.providers.postgresql import (
+from nvsentinel_store.providers.postgresql.provider import (
     PRUNE_MIN_AGE_SECONDS,
     PRUNER_ROLE,
     PostgresStore,
+    PruneResult,
     StoreOptions,
 )
 from tests.datastore.conftest import apply_schema
-from tests.fixtures.postgres import APP_GROUP, APP_USER, MIGRATION_USER, PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
 PRUNE = "SELECT * FROM datastore_changelog_prune(%s::interval)"
+#: One batch of at most two changes per collection (0005).
+PRUNE_BATCH = "SELECT * FROM datastore_changelog_prune(%s::interval, 2)"
+SIGNATURES = ("datastore_changelog_prune(interval)", "datastore_changelog_prune(interval, integer)")
 
 
 def ensure_pruner(database: PostgresDatabase) -> None:
     """The pruner login and its EXECUTE on prune, whether or not bootstrap.sql made the role.
 
-    0003 grants EXECUTE only when the role exists as it runs; a role created
-    here after the migrations gets the same grant from the owner.
+    0003 and 0005 grant EXECUTE only when the role exists as they run; a role
+    created here after the migrations gets the same grants from the owner.
     """
     with psycopg.connect(database.superuser_conninfo(), autocommit=True) as conn:
         conn.execute(
             "DO $$ BEGIN CREATE ROLE nvsentinel_pruner LOGIN; "
             "EXCEPTION WHEN duplicate_object THEN END $$"
         )
-        granted = conn.execute(
-            "SELECT to_regprocedure('datastore_changelog_prune(interval)') IS NOT NULL "
-            "AND NOT has_function_privilege('nvsentinel_pruner', "
-            "'datastore_changelog_prune(interval)', 'EXECUTE')"
-        ).fetchone()
-    if granted == (True,):
+        missing = [
+            signature
+            for signature in SIGNATURES
+            if conn.execute(
+                "SELECT to_regprocedure(%s) IS NOT NULL "
+                "AND NOT has_function_privilege('nvsentinel_pruner', %s, 'EXECUTE')",
+                (signature, signature),
+            ).fetchone()
+            == (True,)
+        ]
+    if missing:
         with psycopg.connect(database.conninfo(user=MIGRATION_USER), autocommit=True) as conn:
-            conn.execute(
-                "GRANT EXECUTE ON FUNCTION datastore_changelog_prune(interval) TO nvsentinel_pruner"
-            )
+            for signature in missing:
+                conn.execute(f"GRANT EXECUTE ON FUNCTION {signature} TO nvsentinel_pruner")
 
 
 def pruner_store(database: PostgresDatabase) -> PostgresStore:
@@ -118,27 +126,26 @@ def history(superuser: Conn) -> tuple[object, ...]:
 def test_migrations_grant_prune_to_the_pruner_and_not_to_the_services(
     database: PostgresDatabase, superuser: Conn
 ) -> None:
-    def may(role: str) -> object:
+    def may(role: str, signature: str) -> object:
         row = superuser.execute(
-            "SELECT has_function_privilege(%s, 'datastore_changelog_prune(interval)', 'EXECUTE')",
-            (role,),
+            "SELECT has_function_privilege(%s, %s, 'EXECUTE')", (role, signature)
         ).fetchone()
         assert row is not None
         return row[0]
 
-    assert (may(PRUNER_ROLE), may(APP_GROUP), may(APP_USER), may("public")) == (
-        True,
-        False,
-        False,
-        False,
-    )
+    for signature in SIGNATURES:
+        roles = (PRUNER_ROLE, APP_GROUP, APP_USER, "public")
+        assert [may(role, signature) for role in roles] == [True, False, False, False], signature
 
 
-def test_the_services_role_cannot_prune(database: PostgresDatabase, superuser: Conn) -> None:
+@pytest.mark.parametrize("prune", [PRUNE, PRUNE_BATCH])
+def test_the_services_role_cannot_prune(
+    database: PostgresDatabase, superuser: Conn, prune: str
+) -> None:
     with psycopg.connect(database.conninfo(user=APP_USER), autocommit=True) as conn:
         for age in ("0", "7 days"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute(PRUNE, (age,))
+                conn.execute(prune, (age,))
     assert history(superuser) == (3, 0, 0)
 
 
@@ -147,6 +154,34 @@ def test_the_pruner_prunes(database: PostgresDatabase, superuser: Conn) -> None:
         rows = conn.execute(PRUNE, ("1 hour",)).fetchall()
     assert rows == [("health_events", 3, 1)]
     assert history(superuser) == (0, 1, 1)
+
+
+def test_the_pruner_prunes_in_batches_oldest_first(
+    database: PostgresDatabase, superuser: Conn
+) -> None:
+    oldest = superuser.execute(
+        "SELECT id FROM datastore_changelog ORDER BY position_txid, id"
+    ).fetchall()
+    with psycopg.connect(database.conninfo(user=PRUNER_ROLE), autocommit=True) as conn:
+        assert conn.execute(PRUNE_BATCH, ("1 hour",)).fetchall() == [("health_events", 2, 1)]
+        left = superuser.execute("SELECT id FROM datastore_changelog").fetchall()
+        assert left == oldest[2:]
+        assert history(superuser) == (1, 1, 1)
+        assert conn.execute(PRUNE_BATCH, ("1 hour",)).fetchall() == [("health_events", 1, 0)]
+        assert conn.execute(PRUNE_BATCH, ("1 hour",)).fetchall() == [("health_events", 0, 0)]
+    assert history(superuser) == (0, 1, 1)
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_a_batch_size_below_one_is_refused_and_the_history_stays(
+    database: PostgresDatabase, superuser: Conn, size: str
+) -> None:
+    with (
+        psycopg.connect(database.conninfo(user=PRUNER_ROLE), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InvalidParameterValue, match="batch_size must be at least 1"),
+    ):
+        conn.execute("SELECT * FROM datastore_changelog_prune('1 hour', %s::int)", (size,))
+    assert history(superuser) == (3, 0, 0)
 
 
 def test_the_pruner_can_do_nothing_else(database: PostgresDatabase, superuser: Conn) -> None:
@@ -163,16 +198,17 @@ def test_the_pruner_can_do_nothing_else(database: PostgresDatabase, superuser: C
     assert history(superuser) == (3, 0, 0)
 
 
+@pytest.mark.parametrize("prune", [PRUNE, PRUNE_BATCH])
 @pytest.mark.parametrize("user", [PRUNER_ROLE, MIGRATION_USER])
 @pytest.mark.parametrize("age", ["0", "59 minutes 59 seconds", "-1 day", None])
 def test_a_max_age_below_one_hour_is_refused_for_everyone_and_the_history_stays(
-    database: PostgresDatabase, superuser: Conn, user: str, age: str | None
+    database: PostgresDatabase, superuser: Conn, user: str, age: str | None, prune: str
 ) -> None:
     with (
         psycopg.connect(database.conninfo(user=user), autocommit=True) as conn,
         pytest.raises(psycopg.errors.InvalidParameterValue, match="at least 1 hour"),
     ):
-        conn.execute(PRUNE, (age,))
+        conn.execute(prune, (age,))
     assert history(superuser) == (3, 0, 0)
 
 
@@ -183,10 +219,10 @@ def test_the_store_refuses_below_the_minimum_and_names_the_pruner_role_when_deni
         with pytest.raises(QueryError, match="at least 1 hour"):
             store.prune(PRUNE_MIN_AGE_SECONDS - 1)
         assert history(superuser) == (3, 0, 0)
-        results = store.prune(PRUNE_MIN_AGE_SECONDS)
-    assert [(r.collection, r.deleted_changes, r.expired_consumers) for r in results] == [
-        ("health_events", 3, 1)
-    ]
+        with pytest.raises(QueryError, match="batch size must be at least 1"):
+            store.prune(PRUNE_MIN_AGE_SECONDS, batch_size=0)
+        results = store.prune(PRUNE_MIN_AGE_SECONDS, batch_size=2)
+    assert results == [PruneResult("health_events", 3, 1, batches=2)]
     with (
         PostgresStore(database.conninfo(user=APP_USER), database.name) as store,
         pytest.raises(QueryError) as denied,
@@ -227,7 +263,15 @@ def test_cli_prune_as_the_services_role_fails_in_one_line_naming_the_pruner_role
     assert "at least 1 hour" in too_small.stderr
     assert history(superuser) == (3, 0, 0)
 
-    pruned = run_prune_cli(database, PRUNER_ROLE, "--max-age=1h")
+    no_batch = run_prune_cli(database, PRUNER_ROLE, "--max-age=1h", "--batch-size=0")
+    assert no_batch.returncode == 2
+    assert "--batch-size" in no_batch.stderr
+    assert history(superuser) == (3, 0, 0)
+
+    pruned = run_prune_cli(database, PRUNER_ROLE, "--max-age=1h", "--batch-size=2")
     assert pruned.returncode == 0, pruned.stderr
-    assert "health_events: deleted 3 change(s), expired 1 consumer(s)" in pruned.stdout
+    assert (
+        "health_events: deleted 3 change(s) in 2 transaction(s), expired 1 consumer(s)"
+        in pruned.stdout
+    )
     assert history(superuser) == (0, 1, 1)

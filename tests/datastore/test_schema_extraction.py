@@ -21,8 +21,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from nvsentinel_store.providers.postgresql import PostgresStore
-from tests.fixtures.nvsentinel import NVSENTINEL_MAINTENANCE_COLUMNS
+from devsupport.nvsentinel import NVSENTINEL_MAINTENANCE_COLUMNS
+from nvsentinel_store.providers.postgresql.provider import PostgresStore
 
 pytestmark = pytest.mark.datastore
 

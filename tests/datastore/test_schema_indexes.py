@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from nvsentinel_store.providers.postgresql import PostgresStore
+from devsupport.postgres import PostgresDatabase, PostgresServer
+from nvsentinel_store.providers.postgresql.provider import PostgresStore
 from tests.datastore.conftest import apply_schema
-from tests.fixtures.postgres import PostgresDatabase, PostgresServer
 
 pytestmark = pytest.mark.datastore
 

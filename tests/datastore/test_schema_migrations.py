@@ -11,10 +11,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from nvsentinel_store import cli, migrations
+from devsupport.postgres import MIGRATION_USER, PostgresDatabase
+from nvsentinel_store import cli
 from nvsentinel_store.errors import MigrationError
+from nvsentinel_store.providers.postgresql import migrations
 from tests.datastore.conftest import write_pre_release_history
-from tests.fixtures.postgres import MIGRATION_USER, PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.fixtures.postgres import APP_GROUP, MIGRATION_USER, PostgresDatabase
+from devsupport.postgres import APP_GROUP, MIGRATION_USER, PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 

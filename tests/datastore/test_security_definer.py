@@ -27,8 +27,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from devsupport.postgres import APP_USER, MIGRATION_USER, PostgresDatabase
 from tests.datastore.conftest import apply_schema
-from tests.fixtures.postgres import APP_USER, MIGRATION_USER, PostgresDatabase
 
 pytestmark = pytest.mark.datastore
 
@@ -136,12 +136,13 @@ def changelog_privileges(superuser: Conn, user: str) -> list[str]:
     ("user", "statement"),
     [
         (PRUNER, "SELECT * FROM datastore_changelog_prune('7 days')"),
+        (PRUNER, "SELECT * FROM datastore_changelog_prune('7 days', 100)"),
         (APP_USER, "SELECT * FROM datastore_consumer_lag()"),
         (APP_USER, "SELECT * FROM datastore_changelog_stats()"),
         # datastore_changelog_position runs inside the change trigger of a write.
         (APP_USER, 'INSERT INTO health_events (document) VALUES (\'{"_id": "attack"}\')'),
     ],
-    ids=["prune", "consumer_lag", "changelog_stats", "changelog_position"],
+    ids=["prune", "prune_batch", "consumer_lag", "changelog_stats", "changelog_position"],
 )
 def test_temp_schema_domain_does_not_run_the_callers_code_as_the_owner(
     database: PostgresDatabase, superuser: Conn, user: str, statement: str
@@ -174,10 +175,12 @@ def test_the_services_role_cannot_even_call_prune_to_attempt_it(
 
 
 def scratch_prune(database: PostgresDatabase, name: str, *, pg_temp_last: bool) -> None:
-    """A copy of datastore_changelog_prune with unqualified types, callable by the services."""
+    """A copy of datastore_changelog_prune (the batched form of 0005, which does the work)
+    with unqualified types, callable by the services."""
     with psycopg.connect(database.conninfo(user=MIGRATION_USER), autocommit=True) as conn:
         row = conn.execute(
-            "SELECT pg_get_functiondef('datastore_changelog_prune(interval)'::regprocedure)"
+            "SELECT pg_get_functiondef("
+            "'datastore_changelog_prune(interval, integer)'::regprocedure)"
         ).fetchone()
         assert row is not None
         definition = str(row[0])
@@ -192,7 +195,7 @@ def scratch_prune(database: PostgresDatabase, name: str, *, pg_temp_last: bool) 
         assert unqualified != definition
         conn.execute(unqualified)
         conn.execute(
-            sql.SQL("GRANT EXECUTE ON FUNCTION {}(interval) TO nvsentinel_app").format(
+            sql.SQL("GRANT EXECUTE ON FUNCTION {}(interval, integer) TO nvsentinel_app").format(
                 sql.Identifier(name)
             )
         )
@@ -203,7 +206,7 @@ def test_control_the_attack_succeeds_on_the_old_form_without_pg_temp_last(
 ) -> None:
     scratch_prune(database, "scratch_prune_vulnerable", pg_temp_last=False)
     with attacker(database, APP_USER) as conn:
-        conn.execute("SELECT * FROM scratch_prune_vulnerable('7 days')")
+        conn.execute("SELECT * FROM scratch_prune_vulnerable('7 days', NULL)")
         assert MIGRATION_USER in ran_as(conn)
         # The attacker now deletes the whole history with its own privileges.
         conn.execute("DELETE FROM datastore_changelog")
@@ -215,7 +218,7 @@ def test_control_pg_temp_last_alone_stops_the_attack_on_unqualified_types(
 ) -> None:
     scratch_prune(database, "scratch_prune_pg_temp_last", pg_temp_last=True)
     with attacker(database, APP_USER) as conn:
-        conn.execute("SELECT * FROM scratch_prune_pg_temp_last('7 days')")
+        conn.execute("SELECT * FROM scratch_prune_pg_temp_last('7 days', NULL)")
         assert MIGRATION_USER not in ran_as(conn)
     assert changelog_privileges(superuser, APP_USER) == []
 

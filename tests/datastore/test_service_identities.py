@@ -19,12 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from nvsentinel_store.providers.postgresql import PostgresStore, StoreOptions
-from nvsentinel_store.store import WatchOptions
-from tests.datastore.conftest import apply_schema
-from tests.fixtures import chart
-from tests.fixtures.chart import SERVICES
-from tests.fixtures.postgres import (
+from devsupport.postgres import (
     APP_GROUP,
     APP_USER,
     BOOTSTRAP_SQL,
@@ -34,6 +29,11 @@ from tests.fixtures.postgres import (
     PostgresDatabase,
     PostgresServer,
 )
+from nvsentinel_store.providers.postgresql.provider import PostgresStore, StoreOptions
+from nvsentinel_store.store import WatchOptions
+from tests.datastore.conftest import apply_schema
+from tests.fixtures import chart
+from tests.fixtures.chart import SERVICES
 
 pytestmark = pytest.mark.datastore
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from devsupport.ca import CertDir
+from devsupport.postgres import PostgresServer
 from tests.fixtures import chart
-from tests.fixtures.ca import CertDir
-from tests.fixtures.postgres import PostgresServer
 
 pytestmark = pytest.mark.datastore
 

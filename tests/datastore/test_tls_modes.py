@@ -10,12 +10,12 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from nvsentinel_store.config import Settings, postgres_conninfo
-from tests.fixtures.postgres import (
+from devsupport.postgres import (
     APP_USER,
     MIGRATION_USER,
     PostgresDatabase,
 )
+from nvsentinel_store.config import Settings, postgres_conninfo
 
 pytestmark = pytest.mark.datastore
 

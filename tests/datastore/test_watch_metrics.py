@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nvsentinel_store.providers.postgresql import PostgresStore
-from tests.fixtures.postgres import PostgresDatabase
+from devsupport.postgres import PostgresDatabase
+from nvsentinel_store.providers.postgresql.provider import PostgresStore
 
 pytestmark = pytest.mark.datastore
 

@@ -14,7 +14,7 @@ Environment:
 - ``E2E_KIND_CLUSTER``: kind cluster name (default ``nvsentinel-e2e``).
 - ``E2E_KEEP_CLUSTER=1``: leave the kind cluster running after the tests.
 - ``KIND_NODE_IMAGE``: node image for kind (default: kind's own).
-- ``CERT_MANAGER_VERSION`` (default below) or ``CERT_MANAGER_MANIFEST``
+- ``CERT_MANAGER_VERSION`` (default: hack/versions.env's) or ``CERT_MANAGER_MANIFEST``
   (a URL or a file path) for the cert-manager static manifest.
 - ``E2E_ARTIFACTS``: where failure diagnostics go (default ``e2e-artifacts/``).
 - ``E2E_CERTIFICATES``: unset applies cert-manager's static manifest (above);
@@ -49,6 +49,7 @@ from tests.fixtures.chart import find, render
 from tests.fixtures.cluster import Helm
 from tests.fixtures.diagnostics import collect_namespace, collect_node_logs, kubectl
 from tests.fixtures.rollout import wait_for_rollout
+from tests.fixtures.versions import pinned
 
 # Shared assertions live in helper modules: let pytest explain their failures too.
 pytest.register_assert_rewrite(
@@ -68,7 +69,7 @@ NAMESPACE = "nvsentinel"
 DATASTORES = ("mongodb", "postgresql")
 
 #: cert-manager release whose static manifest the tier applies (override: CERT_MANAGER_VERSION).
-CERT_MANAGER_VERSION = "v1.19.4"
+CERT_MANAGER_VERSION = pinned("CERT_MANAGER_VERSION")
 CERT_MANAGER_MANIFEST_URL = (
     "https://github.com/cert-manager/cert-manager/releases/download/{version}/cert-manager.yaml"
 )

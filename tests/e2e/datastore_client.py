@@ -28,7 +28,7 @@ from kubernetes import client
 
 from nvsentinel_store.config import Settings
 from nvsentinel_store.providers.mongodb import MongoStore
-from nvsentinel_store.providers.postgresql import PostgresStore
+from nvsentinel_store.providers.postgresql.provider import PostgresStore
 from nvsentinel_store.store import ChangeEvent, ChangeStream, Store
 from tests.e2e.port_forward_relay import PortForwardRelay, relay_to_service
 

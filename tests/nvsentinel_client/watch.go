@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nvidia/nvsentinel/store-client/pkg/datastore"
+	"golang.org/x/sys/unix"
 )
 
 // watchTables are the tables NVSentinel's change log trigger covers.
@@ -31,10 +32,15 @@ type watchReady struct {
 }
 
 // watchEvent is one delivered event, printed after MarkProcessed returned.
+// ReceivedNS is CLOCK_MONOTONIC when the event came off the watcher's channel
+// (before MarkProcessed), in nanoseconds: the clock of Python's
+// time.monotonic_ns, so a benchmark on the same machine can subtract its own
+// commit times from it.
 type watchEvent struct {
-	ChangeID  int64  `json:"change_id"`
-	RecordID  string `json:"record_id"`
-	Operation string `json:"operation"`
+	ChangeID   int64  `json:"change_id"`
+	RecordID   string `json:"record_id"`
+	Operation  string `json:"operation"`
+	ReceivedNS int64  `json:"received_ns"`
 }
 
 // watchStopped is the last line: why the watcher stopped and how many events
@@ -154,10 +160,14 @@ func processEvents(ctx context.Context, w *datastoreWatcher, out *json.Encoder) 
 				return delivered, errors.New("the watcher closed its event channel")
 			}
 
+			received := monotonicNS()
+
 			line, err := describeEvent(event)
 			if err != nil {
 				return delivered, err
 			}
+
+			line.ReceivedNS = received
 
 			if err := w.watcher.MarkProcessed(ctx, event.ResumeToken); err != nil {
 				if ctx.Err() != nil {
@@ -174,6 +184,16 @@ func processEvents(ctx context.Context, w *datastoreWatcher, out *json.Encoder) 
 			}
 		}
 	}
+}
+
+// monotonicNS reads CLOCK_MONOTONIC (0 if it cannot be read, which Linux never refuses).
+func monotonicNS() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+
+	return ts.Nano()
 }
 
 func describeEvent(event datastore.EventWithToken) (watchEvent, error) {

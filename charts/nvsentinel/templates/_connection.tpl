@@ -113,13 +113,13 @@ MONGODB_CLIENT_CERT_MOUNT_PATH
 
 {{/* nvsentinel.datastore.ownServiceIdentity: "true" when the service logs in as its own role: with client certificates (perServiceIdentity) always, with password auth when services.<name>.credentialsFromSecret.name holds that role's password; else empty (the shared connection.username); call with (dict "root" $ "name" "<service>"). */}}
 {{- define "nvsentinel.datastore.ownServiceIdentity" -}}
-{{- $svc := index .root.Values.services .name -}}
+{{- $svc := include "nvsentinel.service" . | fromYaml -}}
 {{- if or (include "nvsentinel.datastore.perServiceIdentity" .root) (and (include "nvsentinel.datastore.passwordAuth" .root) $svc.credentialsFromSecret.name) -}}true{{- end -}}
 {{- end -}}
 
 {{/* nvsentinel.datastore.serviceUser: a service's own PostgreSQL login role, services.<name>.datastoreUser or nvsentinel_<name with - as _>; call with (dict "root" $ "name" "<service>"). */}}
 {{- define "nvsentinel.datastore.serviceUser" -}}
-{{- $svc := index .root.Values.services .name -}}
+{{- $svc := include "nvsentinel.service" . | fromYaml -}}
 {{- $svc.datastoreUser | default (printf "nvsentinel_%s" (.name | replace "-" "_")) -}}
 {{- end -}}
 
@@ -142,7 +142,8 @@ MONGODB_CLIENT_CERT_MOUNT_PATH
 {{- define "nvsentinel.datastore.enabledServiceUsers" -}}
 {{- $root := . -}}
 {{- $users := list -}}
-{{- range $name, $svc := .Values.services -}}
+{{- range $name, $_ := .Values.services -}}
+{{- $svc := include "nvsentinel.service" (dict "root" $root "name" $name) | fromYaml -}}
 {{- if and $svc.enabled (include "nvsentinel.datastore.ownServiceIdentity" (dict "root" $root "name" $name)) -}}
 {{- $users = append $users (include "nvsentinel.datastore.serviceUser" (dict "root" $root "name" $name)) -}}
 {{- end -}}

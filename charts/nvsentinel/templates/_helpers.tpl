@@ -71,3 +71,8 @@ imagePullSecrets:
 {{- define "nvsentinel.serviceAccountName" -}}
 {{- printf "%s-%s" .root.Release.Name .component | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* nvsentinel.service: one service's values as YAML (read it with fromYaml): serviceDefaults with services.<name> merged over it by mergeOverwrite, so a key the service sets wins, maps merge key by key and a list the service sets replaces the default list whole; call with (dict "root" $ "name" "<service>"). */}}
+{{- define "nvsentinel.service" -}}
+{{- mergeOverwrite (deepCopy .root.Values.serviceDefaults) (deepCopy (index .root.Values.services .name)) | toYaml -}}
+{{- end -}}

@@ -9,7 +9,7 @@ from nvsentinel_store.store import Store
 def open_store(settings: Settings) -> Store:
     """The store for ``settings.provider`` (imported on demand)."""
     if settings.provider == "postgresql":
-        from nvsentinel_store.providers.postgresql import PostgresStore
+        from nvsentinel_store.providers.postgresql.provider import PostgresStore
 
         return PostgresStore.from_settings(settings)
     from nvsentinel_store.providers.mongodb import MongoStore

@@ -12,7 +12,7 @@ NO_TRANSACTION_MARKER="-- nvsentinel:no-transaction"
 PSQL="${PSQL:-psql}"
 
 usage() {
-    cat <<EOF
+	cat <<EOF
 Usage: $(basename "$0") [--dir DIR] [apply|status]
 
 Applies (default) or lists the NVSentinel PostgreSQL schema migrations
@@ -42,45 +42,45 @@ EOF
 }
 
 die() {
-    echo "apply-migrations: $*" >&2
-    exit 1
+	echo "apply-migrations: $*" >&2
+	exit 1
 }
 
 # Prints "VERSION FILE CHECKSUM TRANSACTIONAL" per migration file, in version order.
 list_migrations() {
-    local path file version checksum transactional seen=""
-    [[ -d "$MIGRATIONS_DIR" ]] || die "migrations directory $MIGRATIONS_DIR does not exist"
-    [[ "$MIGRATIONS_DIR" != *"'"* ]] || die "migrations directory may not contain a quote: $MIGRATIONS_DIR"
-    for path in "$MIGRATIONS_DIR"/*.sql; do
-        [[ -e "$path" ]] || continue
-        file="$(basename "$path")"
-        [[ "$file" =~ ^([0-9]{4})_[a-z0-9_]+\.sql$ ]] \
-            || die "$path: migration files are named NNNN_<name>.sql (lower case)"
-        version=$((10#${BASH_REMATCH[1]}))
-        case " $seen " in
-            *" $version "*) die "$path: version $version is used by two files" ;;
-        esac
-        seen="$seen $version"
-        if grep -q '^[\]' "$path"; then
-            die "$path: psql meta-commands are not allowed in migrations"
-        fi
-        checksum="$(sha256sum "$path" | awk '{print $1}')"
-        transactional=1
-        if [[ "$(head -n 1 "$path" | tr -d '\r' | sed 's/[[:space:]]*$//')" == "$NO_TRANSACTION_MARKER" ]]; then
-            transactional=0
-        fi
-        printf '%s %s %s %s\n' "$version" "$file" "$checksum" "$transactional"
-    done | sort -n
+	local path file version checksum transactional seen=""
+	[[ -d "$MIGRATIONS_DIR" ]] || die "migrations directory $MIGRATIONS_DIR does not exist"
+	[[ "$MIGRATIONS_DIR" != *"'"* ]] || die "migrations directory may not contain a quote: $MIGRATIONS_DIR"
+	for path in "$MIGRATIONS_DIR"/*.sql; do
+		[[ -e "$path" ]] || continue
+		file="$(basename "$path")"
+		[[ "$file" =~ ^([0-9]{4})_[a-z0-9_]+\.sql$ ]] ||
+			die "$path: migration files are named NNNN_<name>.sql (lower case)"
+		version=$((10#${BASH_REMATCH[1]}))
+		case " $seen " in
+			*" $version "*) die "$path: version $version is used by two files" ;;
+		esac
+		seen="$seen $version"
+		if grep -q '^[\]' "$path"; then
+			die "$path: psql meta-commands are not allowed in migrations"
+		fi
+		checksum="$(sha256sum "$path" | awk '{print $1}')"
+		transactional=1
+		if [[ "$(head -n 1 "$path" | tr -d '\r' | sed 's/[[:space:]]*$//')" == "$NO_TRANSACTION_MARKER" ]]; then
+			transactional=0
+		fi
+		printf '%s %s %s %s\n' "$version" "$file" "$checksum" "$transactional"
+	done | sort -n
 }
 
 run_psql() {
-    "$PSQL" -X -q -v ON_ERROR_STOP=1 "$@"
+	"$PSQL" -X -q -v ON_ERROR_STOP=1 "$@"
 }
 
 # Writes the psql script that applies the pending migrations in one session.
 apply_script() {
-    local migrations="$1" version file checksum transactional
-    cat <<EOF
+	local migrations="$1" version file checksum transactional
+	cat <<EOF
 SET client_min_messages TO warning;
 SELECT pg_advisory_lock(hashtext('$LOCK_KEY')) \\gset lock_
 $PRE_RELEASE_SQL AS pre_release \\gset
@@ -94,96 +94,106 @@ CREATE TABLE IF NOT EXISTS $HISTORY_TABLE (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 EOF
-    # First every checksum, then the applies: a changed file stops everything.
-    while read -r version file checksum transactional; do
-        cat <<EOF
+	# First every checksum, then the applies: a changed file stops everything.
+	while read -r version file checksum transactional; do
+		cat <<EOF
 SELECT count(*) > 0 AS changed FROM $HISTORY_TABLE
  WHERE version = $version AND checksum <> '$checksum' \\gset
 \\if :changed
 DO \$m\$ BEGIN RAISE EXCEPTION '$MIGRATIONS_DIR/$file: applied with checksum % but the file has %; migrations are forward-only: restore the file and add a new migration instead', (SELECT checksum FROM $HISTORY_TABLE WHERE version = $version), '$checksum'; END \$m\$;
 \\endif
 EOF
-    done <<<"$migrations"
-    while read -r version file checksum transactional; do
-        cat <<EOF
+	done <<<"$migrations"
+	while read -r version file checksum transactional; do
+		cat <<EOF
 SELECT count(*) > 0 AS applied FROM $HISTORY_TABLE WHERE version = $version \\gset
 \\if :applied
 \\else
 \\echo 'applying $file'
 EOF
-        if [[ "$transactional" == 1 ]]; then
-            echo "BEGIN;"
-        fi
-        cat <<EOF
+		if [[ "$transactional" == 1 ]]; then
+			echo "BEGIN;"
+		fi
+		cat <<EOF
 \\i '$MIGRATIONS_DIR/$file'
 INSERT INTO $HISTORY_TABLE (version, name, checksum) VALUES ($version, '$file', '$checksum');
 EOF
-        if [[ "$transactional" == 1 ]]; then
-            echo "COMMIT;"
-        fi
-        printf '%s\n' '\endif'
-    done <<<"$migrations"
-    echo "SELECT pg_advisory_unlock(hashtext('$LOCK_KEY')) \\gset lock_"
+		if [[ "$transactional" == 1 ]]; then
+			echo "COMMIT;"
+		fi
+		printf '%s\n' '\endif'
+	done <<<"$migrations"
+	echo "SELECT pg_advisory_unlock(hashtext('$LOCK_KEY')) \\gset lock_"
 }
 
 do_apply() {
-    local migrations
-    migrations="$(list_migrations)"
-    [[ -n "$migrations" ]] || die "no migration files in $MIGRATIONS_DIR"
-    apply_script "$migrations" | run_psql -f - || die "migration failed, nothing after the failing file was applied (see the error above)"
-    echo "schema is current"
+	local migrations
+	migrations="$(list_migrations)"
+	[[ -n "$migrations" ]] || die "no migration files in $MIGRATIONS_DIR"
+	apply_script "$migrations" | run_psql -f - || die "migration failed, nothing after the failing file was applied (see the error above)"
+	echo "schema is current"
 }
 
 do_status() {
-    local migrations recorded="" version file checksum transactional rc=0 rv rname found exists
-    migrations="$(list_migrations)"
-    pre_release="$(run_psql -A -t -c "$PRE_RELEASE_SQL")" \
-        || die "cannot query the database (see the psql error above)"
-    [[ "$pre_release" != t ]] || die "$PRE_RELEASE_MESSAGE"
-    exists="$(run_psql -A -t -c "SELECT to_regclass('$HISTORY_TABLE') IS NOT NULL")" \
-        || die "cannot query the database (see the psql error above)"
-    if [[ "$exists" == t ]]; then
-        recorded="$(run_psql -A -t -F ' ' -c \
-            "SELECT version, name, checksum FROM $HISTORY_TABLE ORDER BY version")"
-    fi
-    while read -r version file checksum transactional; do
-        [[ -n "$version" ]] || continue
-        found="$(awk -v v="$version" '$1 == v {print $3}' <<<"$recorded")"
-        if [[ -z "$found" ]]; then
-            echo "pending $version $file"
-            rc=1
-        elif [[ "$found" != "$checksum" ]]; then
-            echo "changed $version $file"
-            rc=1
-        else
-            echo "applied $version $file"
-        fi
-        : "$transactional"
-    done <<<"$migrations"
-    while read -r rv rname _; do
-        [[ -n "$rv" ]] || continue
-        if ! awk -v v="$rv" '$1 == v {found=1} END {exit !found}' <<<"$migrations"; then
-            echo "unknown $rv $rname"
-        fi
-    done <<<"$recorded"
-    return "$rc"
+	local migrations recorded="" version file checksum transactional rc=0 rv rname found exists
+	migrations="$(list_migrations)"
+	pre_release="$(run_psql -A -t -c "$PRE_RELEASE_SQL")" ||
+		die "cannot query the database (see the psql error above)"
+	[[ "$pre_release" != t ]] || die "$PRE_RELEASE_MESSAGE"
+	exists="$(run_psql -A -t -c "SELECT to_regclass('$HISTORY_TABLE') IS NOT NULL")" ||
+		die "cannot query the database (see the psql error above)"
+	if [[ "$exists" == t ]]; then
+		recorded="$(run_psql -A -t -F ' ' -c \
+			"SELECT version, name, checksum FROM $HISTORY_TABLE ORDER BY version")"
+	fi
+	while read -r version file checksum transactional; do
+		[[ -n "$version" ]] || continue
+		found="$(awk -v v="$version" '$1 == v {print $3}' <<<"$recorded")"
+		if [[ -z "$found" ]]; then
+			echo "pending $version $file"
+			rc=1
+		elif [[ "$found" != "$checksum" ]]; then
+			echo "changed $version $file"
+			rc=1
+		else
+			echo "applied $version $file"
+		fi
+		: "$transactional"
+	done <<<"$migrations"
+	while read -r rv rname _; do
+		[[ -n "$rv" ]] || continue
+		if ! awk -v v="$rv" '$1 == v {found=1} END {exit !found}' <<<"$migrations"; then
+			echo "unknown $rv $rname"
+		fi
+	done <<<"$recorded"
+	return "$rc"
 }
 
 main() {
-    local command="apply"
-    while [[ $# -gt 0 ]]; do
-        case "$1" in
-            -h | --help) usage; return 0 ;;
-            --dir) [[ $# -ge 2 ]] || die "--dir needs a directory"; MIGRATIONS_DIR="$2"; shift ;;
-            apply | status) command="$1" ;;
-            *) usage >&2; die "unknown argument: $1" ;;
-        esac
-        shift
-    done
-    case "$command" in
-        apply) do_apply ;;
-        status) do_status ;;
-    esac
+	local command="apply"
+	while [[ $# -gt 0 ]]; do
+		case "$1" in
+			-h | --help)
+				usage
+				return 0
+				;;
+			--dir)
+				[[ $# -ge 2 ]] || die "--dir needs a directory"
+				MIGRATIONS_DIR="$2"
+				shift
+				;;
+			apply | status) command="$1" ;;
+			*)
+				usage >&2
+				die "unknown argument: $1"
+				;;
+		esac
+		shift
+	done
+	case "$command" in
+		apply) do_apply ;;
+		status) do_status ;;
+	esac
 }
 
 main "$@"

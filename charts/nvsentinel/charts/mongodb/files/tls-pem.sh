@@ -10,7 +10,7 @@ INTERVAL="${INTERVAL:-30}"
 SCRIPTS_DIR="${NVS_SCRIPTS_DIR:-/opt/nvsentinel/scripts}"
 
 usage() {
-  cat <<'USAGE'
+	cat <<'USAGE'
 Usage: tls-pem.sh [--once | --watch] [--help]
 
   --once   write PEM_DIR/server.pem from TLS_DIR/tls.crt + tls.key (mode 0600)
@@ -26,68 +26,75 @@ USAGE
 }
 
 log() {
-  printf '%s tls-pem: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"
+	printf '%s tls-pem: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"
 }
 
 source_fingerprint() {
-  cat "${TLS_DIR}/tls.crt" "${TLS_DIR}/tls.key" "${TLS_DIR}/ca.crt" | sha256sum | cut -d' ' -f1
+	cat "${TLS_DIR}/tls.crt" "${TLS_DIR}/tls.key" "${TLS_DIR}/ca.crt" | sha256sum | cut -d' ' -f1
 }
 
 build_pem() {
-  local tmp
-  mkdir -p "${PEM_DIR}"
-  tmp="$(mktemp "${PEM_DIR}/.server.pem.XXXXXX")"
-  chmod 0600 "${tmp}"
-  # A newline between the two in case the certificate lacks a trailing one.
-  { cat "${TLS_DIR}/tls.crt"; echo; cat "${TLS_DIR}/tls.key"; } > "${tmp}"
-  mv -f "${tmp}" "${PEM_DIR}/server.pem"
+	local tmp
+	mkdir -p "${PEM_DIR}"
+	tmp="$(mktemp "${PEM_DIR}/.server.pem.XXXXXX")"
+	chmod 0600 "${tmp}"
+	# A newline between the two in case the certificate lacks a trailing one.
+	{
+		cat "${TLS_DIR}/tls.crt"
+		echo
+		cat "${TLS_DIR}/tls.key"
+	} >"${tmp}"
+	mv -f "${tmp}" "${PEM_DIR}/server.pem"
 }
 
 record() {
-  printf '%s\n' "$1" > "${PEM_DIR}/.applied"
+	printf '%s\n' "$1" >"${PEM_DIR}/.applied"
 }
 
 applied() {
-  cat "${PEM_DIR}/.applied" 2>/dev/null || true
+	cat "${PEM_DIR}/.applied" 2>/dev/null || true
 }
 
 rotate() {
-  mongosh --nodb --quiet --norc --file "${SCRIPTS_DIR}/rotate-certificates.js"
+	mongosh --nodb --quiet --norc --file "${SCRIPTS_DIR}/rotate-certificates.js"
 }
 
 watch() {
-  local current
-  # As a container's PID 1 the shell ignores SIGTERM unless it traps it: without
-  # this, every pod stop would wait out its whole grace period. The sleep runs in
-  # the background so that the trap fires at once.
-  trap 'exit 0' TERM INT
-  while true; do
-    current="$(source_fingerprint)"
-    if [[ "${current}" != "$(applied)" ]]; then
-      build_pem
-      if rotate; then
-        record "${current}"
-        log "mongod now serves the certificate files ${current:0:12}"
-      else
-        log "rotateCertificates failed (mongod starting?); will retry"
-      fi
-    fi
-    sleep "${INTERVAL}" &
-    wait $!
-  done
+	local current
+	# As a container's PID 1 the shell ignores SIGTERM unless it traps it: without
+	# this, every pod stop would wait out its whole grace period. The sleep runs in
+	# the background so that the trap fires at once.
+	trap 'exit 0' TERM INT
+	while true; do
+		current="$(source_fingerprint)"
+		if [[ "${current}" != "$(applied)" ]]; then
+			build_pem
+			if rotate; then
+				record "${current}"
+				log "mongod now serves the certificate files ${current:0:12}"
+			else
+				log "rotateCertificates failed (mongod starting?); will retry"
+			fi
+		fi
+		sleep "${INTERVAL}" &
+		wait $!
+	done
 }
 
 main() {
-  case "${1:---watch}" in
-    --help | -h) usage ;;
-    --once)
-      build_pem
-      record "$(source_fingerprint)"
-      log "wrote ${PEM_DIR}/server.pem"
-      ;;
-    --watch) watch ;;
-    *) echo "tls-pem.sh: unknown argument: $1 (see --help)" >&2; return 2 ;;
-  esac
+	case "${1:---watch}" in
+		--help | -h) usage ;;
+		--once)
+			build_pem
+			record "$(source_fingerprint)"
+			log "wrote ${PEM_DIR}/server.pem"
+			;;
+		--watch) watch ;;
+		*)
+			echo "tls-pem.sh: unknown argument: $1 (see --help)" >&2
+			return 2
+			;;
+	esac
 }
 
 main "$@"

@@ -6,7 +6,7 @@
 set -euo pipefail
 
 usage() {
-  cat <<'USAGE'
+	cat <<'USAGE'
 Usage: init-data-directory.sh [--help]
 
 Initialises PGDATA when it holds no cluster yet (no PG_VERSION); otherwise
@@ -27,19 +27,19 @@ USAGE
 }
 
 log() {
-  echo "init-data-directory: $*"
+	echo "init-data-directory: $*"
 }
 
 # stop_server DIR: stop the temporary server if it runs.
 stop_server() {
-  if pg_ctl -D "$1" status >/dev/null 2>&1; then
-    pg_ctl -D "$1" -m fast -w stop >/dev/null
-  fi
+	if pg_ctl -D "$1" status >/dev/null 2>&1; then
+		pg_ctl -D "$1" -m fast -w stop >/dev/null
+	fi
 }
 
 create_database() {
-  psql -X -v ON_ERROR_STOP=1 --no-password --username "${POSTGRES_USER}" --dbname postgres \
-    -v db="${POSTGRES_DB}" <<'SQL'
+	psql -X -v ON_ERROR_STOP=1 --no-password --username "${POSTGRES_USER}" --dbname postgres \
+		-v db="${POSTGRES_DB}" <<'SQL'
 SELECT format('CREATE DATABASE %I', :'db')
  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db')
 \gexec
@@ -47,49 +47,49 @@ SQL
 }
 
 main() {
-  if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
-    usage
-    return 0
-  fi
-  : "${PGDATA:?PGDATA is not set}" "${POSTGRES_DB:?POSTGRES_DB is not set}"
-  : "${POSTGRES_PASSWORD_FILE:?POSTGRES_PASSWORD_FILE is not set}"
-  export POSTGRES_USER="${POSTGRES_USER:-postgres}"
-  if [[ -s "${PGDATA}/PG_VERSION" ]]; then
-    log "${PGDATA} holds a cluster already; nothing to do"
-    return 0
-  fi
-  local work="${PGDATA%/}.initialising" socket status=0
-  stop_server "${work}"
-  rm -rf "${work}"
-  log "initialising ${PGDATA}"
-  # shellcheck disable=SC2086 # POSTGRES_INITDB_ARGS is a list of arguments
-  initdb --username="${POSTGRES_USER}" --pwfile="${POSTGRES_PASSWORD_FILE}" \
-    ${POSTGRES_INITDB_ARGS:-} --pgdata="${work}"
-  socket="$(mktemp -d)"
-  pg_ctl -D "${work}" -l "${work}/initialisation.log" -w \
-    -o "-c listen_addresses='' -c unix_socket_directories='${socket}'" start >/dev/null
-  # The temporary server is stopped whatever happens next.
-  (
-    export PGHOST="${socket}"
-    create_database
-    "$(dirname "${BASH_SOURCE[0]}")/initdb.sh"
-  ) || status=$?
-  stop_server "${work}"
-  rm -rf "${socket}"
-  if ((status != 0)); then
-    log "bootstrap failed (exit ${status}); server log:"
-    cat "${work}/initialisation.log" || true
-    return "${status}"
-  fi
-  rm -f "${work}/initialisation.log"
-  # PGDATA may exist (an empty mount point or directory): move the contents,
-  # PG_VERSION (what marks a cluster) last.
-  mkdir -p "${PGDATA}"
-  chmod 700 "${PGDATA}"
-  find "${work}" -mindepth 1 -maxdepth 1 ! -name PG_VERSION -exec mv -t "${PGDATA}" {} +
-  mv "${work}/PG_VERSION" "${PGDATA}/PG_VERSION"
-  rmdir "${work}"
-  log "${PGDATA} initialised"
+	if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
+		usage
+		return 0
+	fi
+	: "${PGDATA:?PGDATA is not set}" "${POSTGRES_DB:?POSTGRES_DB is not set}"
+	: "${POSTGRES_PASSWORD_FILE:?POSTGRES_PASSWORD_FILE is not set}"
+	export POSTGRES_USER="${POSTGRES_USER:-postgres}"
+	if [[ -s "${PGDATA}/PG_VERSION" ]]; then
+		log "${PGDATA} holds a cluster already; nothing to do"
+		return 0
+	fi
+	local work="${PGDATA%/}.initialising" socket status=0
+	stop_server "${work}"
+	rm -rf "${work}"
+	log "initialising ${PGDATA}"
+	# shellcheck disable=SC2086 # POSTGRES_INITDB_ARGS is a list of arguments
+	initdb --username="${POSTGRES_USER}" --pwfile="${POSTGRES_PASSWORD_FILE}" \
+		${POSTGRES_INITDB_ARGS:-} --pgdata="${work}"
+	socket="$(mktemp -d)"
+	pg_ctl -D "${work}" -l "${work}/initialisation.log" -w \
+		-o "-c listen_addresses='' -c unix_socket_directories='${socket}'" start >/dev/null
+	# The temporary server is stopped whatever happens next.
+	(
+		export PGHOST="${socket}"
+		create_database
+		"$(dirname "${BASH_SOURCE[0]}")/initdb.sh"
+	) || status=$?
+	stop_server "${work}"
+	rm -rf "${socket}"
+	if ((status != 0)); then
+		log "bootstrap failed (exit ${status}); server log:"
+		cat "${work}/initialisation.log" || true
+		return "${status}"
+	fi
+	rm -f "${work}/initialisation.log"
+	# PGDATA may exist (an empty mount point or directory): move the contents,
+	# PG_VERSION (what marks a cluster) last.
+	mkdir -p "${PGDATA}"
+	chmod 700 "${PGDATA}"
+	find "${work}" -mindepth 1 -maxdepth 1 ! -name PG_VERSION -exec mv -t "${PGDATA}" {} +
+	mv "${work}/PG_VERSION" "${PGDATA}/PG_VERSION"
+	rmdir "${work}"
+	log "${PGDATA} initialised"
 }
 
 main "$@"

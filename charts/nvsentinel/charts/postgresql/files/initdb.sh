@@ -8,7 +8,7 @@
 set -euo pipefail
 
 usage() {
-  cat <<'USAGE'
+	cat <<'USAGE'
 Usage: initdb.sh [--help]
 
 Runs once from init-data-directory.sh when PostgreSQL initialises an empty
@@ -25,23 +25,23 @@ USAGE
 }
 
 run_psql() {
-  psql -X -v ON_ERROR_STOP=1 --no-password \
-    --username "${POSTGRES_USER}" --dbname "${POSTGRES_DB}" "$@"
+	psql -X -v ON_ERROR_STOP=1 --no-password \
+		--username "${POSTGRES_USER}" --dbname "${POSTGRES_DB}" "$@"
 }
 
 run_bootstrap() {
-  if [[ -z "${NVS_BOOTSTRAP_SQL:-}" ]]; then
-    echo "initdb.sh: no bootstrap.sql configured; skipping the NVSentinel roles"
-    return
-  fi
-  echo "initdb.sh: running ${NVS_BOOTSTRAP_SQL} in ${POSTGRES_DB}"
-  run_psql -v migration_user="${NVS_MIGRATION_USER}" -v app_user="${NVS_APP_USER}" \
-    -f "${NVS_BOOTSTRAP_SQL}"
+	if [[ -z "${NVS_BOOTSTRAP_SQL:-}" ]]; then
+		echo "initdb.sh: no bootstrap.sql configured; skipping the NVSentinel roles"
+		return
+	fi
+	echo "initdb.sh: running ${NVS_BOOTSTRAP_SQL} in ${POSTGRES_DB}"
+	run_psql -v migration_user="${NVS_MIGRATION_USER}" -v app_user="${NVS_APP_USER}" \
+		-f "${NVS_BOOTSTRAP_SQL}"
 }
 
 create_operational_roles() {
-  echo "initdb.sh: creating roles ${NVS_MONITOR_USER} (pg_monitor) and ${NVS_BACKUP_USER} (pg_read_all_data)"
-  run_psql -v monitor_user="${NVS_MONITOR_USER}" -v backup_user="${NVS_BACKUP_USER}" <<'SQL'
+	echo "initdb.sh: creating roles ${NVS_MONITOR_USER} (pg_monitor) and ${NVS_BACKUP_USER} (pg_read_all_data)"
+	run_psql -v monitor_user="${NVS_MONITOR_USER}" -v backup_user="${NVS_BACKUP_USER}" <<'SQL'
 SELECT format('CREATE ROLE %I LOGIN IN ROLE pg_monitor', :'monitor_user')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'monitor_user')
 \gexec
@@ -52,12 +52,12 @@ SQL
 }
 
 main() {
-  if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
-    usage
-    return 0
-  fi
-  run_bootstrap
-  create_operational_roles
+	if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
+		usage
+		return 0
+	fi
+	run_bootstrap
+	create_operational_roles
 }
 
 main "$@"

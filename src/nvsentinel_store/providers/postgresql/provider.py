@@ -9,7 +9,7 @@ Documents NVSentinel's services wrote have no ``_id``; they are read with the
 row's id as their ``_id``.
 
 Filters are translated to SQL by
-:mod:`nvsentinel_store.providers.postgresql_query` (typed columns where they
+:mod:`nvsentinel_store.providers.postgresql.query` (typed columns where they
 fit, so the indexes serve the seed's queries; SQL/JSON paths otherwise).
 ``update_one`` reads the matching row ``FOR UPDATE``, applies ``$set`` and
 ``$unset`` in Python and writes the whole document back in the same
@@ -37,17 +37,17 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from nvsentinel_store.changestream import (
+from nvsentinel_store.config import Settings, postgres_conninfo
+from nvsentinel_store.errors import DuplicateKeyError, QueryError, StoreUnavailableError
+from nvsentinel_store.providers.postgresql.changestream import PostgresChangeStream
+from nvsentinel_store.providers.postgresql.positions import (
     Position,
-    PostgresChangeStream,
-    Wakeup,
     delete_token,
     load_token,
     read_epoch,
 )
-from nvsentinel_store.config import Settings, postgres_conninfo
-from nvsentinel_store.errors import DuplicateKeyError, QueryError, StoreUnavailableError
-from nvsentinel_store.providers.postgresql_query import TABLE_COLUMNS, TableTarget, row_id
+from nvsentinel_store.providers.postgresql.query import TABLE_COLUMNS, TableTarget, row_id
+from nvsentinel_store.providers.postgresql.wakeup import Wakeup
 from nvsentinel_store.query import apply_update, json_equal, parse_filter, to_json_value
 from nvsentinel_store.store import (
     COLLECTIONS,
@@ -61,6 +61,7 @@ from nvsentinel_store.store import (
     UpdateResult,
     WatchOptions,
 )
+from nvsentinel_store.text import first_line
 
 T = TypeVar("T")
 #: A row's document with the row id as ``_id`` when the document has none.
@@ -88,20 +89,21 @@ class StoreOptions:
 PRUNER_ROLE: Final = "nvsentinel_pruner"
 #: The smallest max age datastore_changelog_prune accepts (0003).
 PRUNE_MIN_AGE_SECONDS: Final = 3600
+#: Changes deleted per collection in one prune transaction (0005). While a
+#: batch runs, streams hold back the changes committed after it started; at
+#: about 6 us a change (docs/benchmarks.md), 5,000 keep that near 30 ms.
+PRUNE_BATCH_SIZE: Final = 5_000
 
 
 @dataclass(frozen=True)
 class PruneResult:
-    """What ``datastore_changelog_prune`` did for one collection."""
+    """What a prune did for one collection, over all its batches."""
 
     collection: str
     deleted_changes: int
     expired_consumers: int
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    #: Transactions (calls of ``datastore_changelog_prune``) it took.
+    batches: int = 1
 
 
 class PostgresStore(ClosingContext):
@@ -168,12 +170,12 @@ class PostgresStore(ClosingContext):
                 if handed_out and not retry_sent:
                     raise StoreUnavailableError(
                         f"{what}: the connection was lost, the outcome is unknown: "
-                        f"{_first_line(err)}"
+                        f"{first_line(err)}"
                     ) from err
                 if time.monotonic() + delay > deadline:
                     raise StoreUnavailableError(
                         f"{what}: the datastore is unreachable after {attempt} attempts: "
-                        f"{_first_line(err)}"
+                        f"{first_line(err)}"
                     ) from err
                 time.sleep(delay)
                 delay = min(delay * 2, self._options.reconnect_max_delay)
@@ -196,21 +198,28 @@ class PostgresStore(ClosingContext):
         """Forget a consumer's position (after it recovered from lost history)."""
         return self.run(lambda c: delete_token(c, client_name, collection), "reset token")
 
-    def prune(self, max_age_seconds: float) -> list[PruneResult]:
-        """Run ``datastore_changelog_prune``: expire silent consumers, delete old changes.
+    def prune(
+        self, max_age_seconds: float, batch_size: int = PRUNE_BATCH_SIZE
+    ) -> list[PruneResult]:
+        """Expire silent consumers and delete old changes, ``batch_size`` per transaction.
 
-        Only the pruner role (:data:`PRUNER_ROLE`) and the schema owner may, and
-        the function refuses a max age below :data:`PRUNE_MIN_AGE_SECONDS`.
+        Calls ``datastore_changelog_prune(max_age, batch_size)`` until no
+        collection had a full batch left, each call its own transaction, so
+        that streams never wait for more than one batch. Only the pruner role
+        (:data:`PRUNER_ROLE`) and the schema owner may, and the function
+        refuses a max age below :data:`PRUNE_MIN_AGE_SECONDS`.
         """
         if max_age_seconds < 0:
             raise QueryError(f"max age must not be negative, got {max_age_seconds}")
+        if batch_size < 1:
+            raise QueryError(f"batch size must be at least 1, got {batch_size}")
 
-        def action(conn: Conn) -> list[PruneResult]:
+        def one_batch(conn: Conn) -> list[tuple[str, int, int]]:
             try:
                 rows = conn.execute(
                     "SELECT collection, deleted_changes, expired_consumers "
-                    "FROM datastore_changelog_prune(make_interval(secs => %s))",
-                    (max_age_seconds,),
+                    "FROM datastore_changelog_prune(make_interval(secs => %s), %s)",
+                    (max_age_seconds, batch_size),
                 ).fetchall()
             except psycopg.errors.InsufficientPrivilege as err:
                 raise QueryError(
@@ -219,10 +228,26 @@ class PostgresStore(ClosingContext):
                     "and its client certificate)"
                 ) from err
             except psycopg.errors.InvalidParameterValue as err:
-                raise QueryError(f"prune: {_first_line(err)}") from err
-            return [PruneResult(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+                raise QueryError(f"prune: {first_line(err)}") from err
+            return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
-        return self.run(action, "prune")
+        totals: dict[str, PruneResult] = {}
+        while True:
+            rows = self.run(one_batch, "prune")
+            for collection, deleted, expired in rows:
+                seen = totals.get(collection)
+                totals[collection] = (
+                    PruneResult(collection, deleted, expired)
+                    if seen is None
+                    else PruneResult(
+                        collection,
+                        seen.deleted_changes + deleted,
+                        seen.expired_consumers + expired,
+                        seen.batches + 1,
+                    )
+                )
+            if all(deleted < batch_size for _, deleted, _ in rows):
+                return [totals[name] for name in sorted(totals)]
 
     def pool_stats(self) -> dict[str, int]:
         """The connection pool's usage: ``pool_size``, ``pool_available``, ``requests_waiting``
@@ -274,7 +299,7 @@ class PostgresCollection:
                 raise DuplicateKeyError(
                     f"{self._name}: a document with _id {doc['_id']!r} already exists"
                     if "pkey" in (err.diag.constraint_name or "")
-                    else f"{self._name}: {_first_line(err)}"
+                    else f"{self._name}: {first_line(err)}"
                 ) from err
             assert row is not None
             return str(doc["_id"])

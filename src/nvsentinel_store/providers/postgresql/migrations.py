@@ -141,7 +141,7 @@ def default_migrations_dir() -> Path:
     override = os.environ.get(MIGRATIONS_DIR_ENV)
     if override:
         return Path(override)
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[4]
     return repo / "charts" / "nvsentinel" / "files" / "postgresql" / "migrations"
 
 

@@ -27,8 +27,9 @@ from typing import Any, Final
 
 import psycopg
 
-from nvsentinel_store import migrations
 from nvsentinel_store.errors import MigrationError, StoreError
+from nvsentinel_store.providers.postgresql import migrations
+from nvsentinel_store.text import table_lines
 
 #: The event tables, whose names are also the change streams' collections.
 EVENT_TABLES: Final = ("health_events", "maintenance_events")
@@ -277,24 +278,15 @@ def _epoch(conn: psycopg.Connection[Any], report: HealthReport) -> None:
         report.add("epoch", True, f"token epoch {int(row[0]):x}, this server's change positions")
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    """Rows as left-aligned columns two spaces apart (the last column unpadded)."""
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
-    return [
-        "  ".join([*(cell.ljust(w) for cell, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
-        for r in (header, *rows)
-    ]
-
-
 def render_table(report: HealthReport) -> str:
     """The report for people: a table of checks, a table of consumers, then the verdict."""
-    lines = _table(
+    lines = table_lines(
         ("CHECK", "STATUS", "DETAIL"),
         [(c.name, "ok" if c.ok else "FAIL", c.detail) for c in report.checks],
     )
     if report.consumers:
         lines.append("")
-        lines += _table(
+        lines += table_lines(
             ("CONSUMER", "OWNER", "COLLECTION", "PENDING", "LAG", "STATE", "LAST STORED"),
             [
                 (

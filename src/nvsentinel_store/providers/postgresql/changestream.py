@@ -113,8 +113,10 @@ wait ends early at a notification for its collection, at a write made through
 the same store object (:class:`Wakeup`; this covers a process's own writes
 with notifications off), or when the stream is closed. The poll after a
 notification may still find the change held back by an older transaction
-that has not ended (see above); that transaction's own commit notifies, and
-the next poll delivers both.
+that has not ended (see above), and that transaction may send no
+notification of its own (a prune batch, another service's ``MarkProcessed``):
+after a wake-up the backoff restarts at ``min_poll_interval``, so the next
+polls come soon.
 
 Connection loss: the stream reconnects with exponential backoff (up to
 ``reconnect_max_delay``) and continues from its cursor, so a server restart is
@@ -124,34 +126,39 @@ invisible to the consumer apart from the delay.
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import select
-import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg import sql
 
 from nvsentinel_store.errors import HistoryLostError, QueryError, StoreUnavailableError
-from nvsentinel_store.providers.postgresql_query import pushdown
+from nvsentinel_store.providers.postgresql.change_events import (
+    build_event,
+    event_matches,
+    parse_pipeline,
+)
+from nvsentinel_store.providers.postgresql.positions import (
+    START,
+    Position,
+    decode_token,
+    load_token,
+    read_epoch,
+    save_token,
+)
+from nvsentinel_store.providers.postgresql.query import pushdown
+from nvsentinel_store.providers.postgresql.wakeup import (
+    NOTIFY_CHANNEL,
+    Doorbell,
+    Wakeup,
+    notifies_collection,
+)
 from nvsentinel_store.query import (
     MATCH_ALL,
-    And,
-    Node,
-    Path,
-    lookup_exact,
-    matches,
-    parse_filter,
-    resolve,
-    update_description,
-    updated_fields_resolver,
 )
 from nvsentinel_store.store import (
     ChangeEvent,
@@ -161,188 +168,11 @@ from nvsentinel_store.store import (
     WatchOptions,
 )
 
-_TOKEN_RE: Final = re.compile(r"^[0-9a-f]{48}$")
 #: How long storing a token keeps retrying through a connection loss.
 TOKEN_SAVE_TIMEOUT: Final = 30.0
 
 Connect = Callable[[], psycopg.Connection[Any]]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, order=True)
-class Position:
-    """A point in a collection's change history: after change ``(position_txid, id)``."""
-
-    txid: int
-    change_id: int
-
-    def token(self, epoch: int) -> ResumeToken:
-        """This position as a resume token of the store's ``epoch``."""
-        return {"_data": f"{self.txid:016x}{self.change_id:016x}{epoch:016x}"}
-
-    @classmethod
-    def from_token(cls, token: Mapping[str, Any]) -> Position:
-        return decode_token(token)[0]
-
-    def __str__(self) -> str:
-        return f"{self.txid}:{self.change_id}"
-
-
-START: Final = Position(0, 0)
-
-
-def decode_token(token: Mapping[str, Any]) -> tuple[Position, int]:
-    """The position and epoch of a resume token."""
-    data = token.get("_data") if isinstance(token, Mapping) else None
-    if not isinstance(data, str) or not _TOKEN_RE.match(data):
-        raise QueryError(
-            f"not a PostgreSQL resume token: {token!r} (expected {{'_data': <48 hex digits>}})"
-        )
-    return Position(int(data[:16], 16), int(data[16:32], 16)), int(data[32:], 16)
-
-
-_EPOCH_SQL: Final = """
-SELECT e.epoch, e.system_identifier, s.system_identifier
-  FROM datastore_epoch AS e, pg_control_system() AS s
-"""
-
-
-def read_epoch(conn: psycopg.Connection[Any]) -> int:
-    """The store's token epoch; :class:`HistoryLostError` on a restored, unadopted server."""
-    row = conn.execute(_EPOCH_SQL).fetchone()
-    if row is None:
-        raise HistoryLostError(
-            "table datastore_epoch is empty: the store's change positions cannot be trusted; "
-            "apply the schema migrations (nvsentinel-store schema apply)"
-        )
-    if int(row[1]) != int(row[2]):
-        raise HistoryLostError(
-            f"the store was restored from a backup of another server (positions belong to "
-            f"server {row[1]}, this is server {row[2]}); change positions are not valid here "
-            "until the migration role runs SELECT * FROM datastore_adopt_restore() "
-            "(see docs/backup-restore.md)"
-        )
-    return int(row[0])
-
-
-class Doorbell:
-    """A wake-up a stream can wait for with ``select``, next to its connection's socket."""
-
-    def __init__(self) -> None:
-        self._reader, self._writer = socket.socketpair()
-        self._reader.setblocking(False)
-        self._writer.setblocking(False)
-
-    def fileno(self) -> int:
-        return self._reader.fileno()
-
-    def ring(self) -> None:
-        # A full buffer already means "wake up".
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._writer.send(b"\0")
-
-    def clear(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            while self._reader.recv(4096):
-                pass
-
-    def close(self) -> None:
-        self._reader.close()
-        self._writer.close()
-
-
-class Wakeup:
-    """Wakes the streams of one process when that process writes a collection."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._bells: dict[str, set[Doorbell]] = {}
-
-    def notify(self, collection: str) -> None:
-        with self._lock:
-            bells = list(self._bells.get(collection, ()))
-        for bell in bells:
-            bell.ring()
-
-    def subscribe(self, collection: str, bell: Doorbell) -> None:
-        with self._lock:
-            self._bells.setdefault(collection, set()).add(bell)
-
-    def unsubscribe(self, collection: str, bell: Doorbell) -> None:
-        with self._lock:
-            self._bells.get(collection, set()).discard(bell)
-
-
-#: NVSentinel's change notification channel (``log_table_changes``, migration 0001).
-NOTIFY_CHANNEL: Final = "nvsentinel_changes"
-
-
-def notifies_collection(payload: str, collection: str) -> bool:
-    """Whether a ``nvsentinel_changes`` payload is a change of ``collection``."""
-    try:
-        note = json.loads(payload)
-    except ValueError:
-        return False
-    return isinstance(note, dict) and note.get("table") == collection
-
-
-def parse_pipeline(pipeline: Pipeline | None) -> Node:
-    """The filter of a pipeline of ``$match`` stages (anything else is an error)."""
-    if not pipeline:
-        return MATCH_ALL
-    if isinstance(pipeline, Mapping | str):
-        raise QueryError("a pipeline is a list of stages, e.g. [{'$match': {...}}]")
-    nodes: list[Node] = []
-    for stage in pipeline:
-        if not isinstance(stage, Mapping) or list(stage) != ["$match"]:
-            raise QueryError(f"unsupported pipeline stage {stage!r}: only $match is supported")
-        nodes.append(parse_filter(stage["$match"]))
-    return nodes[0] if len(nodes) == 1 else And(tuple(nodes))
-
-
-def event_matches(event: ChangeEvent, node: Node) -> bool:
-    """The Python check of a change event against a ``$match`` filter."""
-    description = event.get("updateDescription")
-    updated = description.get("updatedFields", {}) if isinstance(description, dict) else {}
-    in_updated = updated_fields_resolver(updated)
-
-    def look(path: Path) -> tuple[list[Any], tuple[bool, Any]]:
-        if path[:2] == ("updateDescription", "updatedFields") and len(path) > 2:
-            result: tuple[list[Any], tuple[bool, Any]] = in_updated(path[2:])
-            return result
-        return resolve(event, path), lookup_exact(event, path)
-
-    return matches(event, node, look)
-
-
-def build_event(
-    database: str,
-    collection: str,
-    token: ResumeToken,
-    operation: str,
-    document_id: str,
-    version: int,
-    document: Any,
-    before: Any,
-    changed_at: datetime,
-) -> ChangeEvent:
-    """A change event shaped like MongoDB's (plus ``documentVersion``)."""
-    event: ChangeEvent = {
-        "_id": token,
-        "operationType": operation,
-        "clusterTime": changed_at,
-        "wallTime": changed_at,
-        "ns": {"db": database, "coll": collection},
-        "documentKey": {"_id": document_id},
-        "documentVersion": version,
-    }
-    if operation != "delete":
-        event["fullDocument"] = document
-    if operation != "insert":
-        event["fullDocumentBeforeChange"] = before
-    if operation == "update":
-        event["updateDescription"] = update_description(before, document)
-    return event
 
 
 _POLL_SQL: Final = """
@@ -389,47 +219,6 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text,
          WHERE p.collection = %(coll)s),
        (SELECT p.id FROM datastore_changelog_pruned AS p WHERE p.collection = %(coll)s)
 """
-
-_SAVE_SQL: Final = """
-INSERT INTO datastore_consumer_positions (client_name, collection, position_txid, change_id)
-VALUES (%(name)s, %(coll)s, %(txid)s::xid8, %(cid)s)
-ON CONFLICT (client_owner, client_name, collection) DO UPDATE
-   SET position_txid = excluded.position_txid, change_id = excluded.change_id,
-       updated_at = now(), expired_at = NULL
-"""
-
-_LOAD_SQL: Final = """
-SELECT position_txid::text, change_id, expired_at FROM datastore_consumer_positions
- WHERE client_owner = current_user AND client_name = %(name)s AND collection = %(coll)s
-"""
-
-
-def load_token(conn: psycopg.Connection[Any], client_name: str, collection: str) -> Position | None:
-    row = conn.execute(_LOAD_SQL, {"name": client_name, "coll": collection}).fetchone()
-    return None if row is None else Position(int(row[0]), int(row[1]))
-
-
-def save_token(
-    conn: psycopg.Connection[Any], client_name: str, collection: str, position: Position
-) -> None:
-    conn.execute(
-        _SAVE_SQL,
-        {
-            "name": client_name,
-            "coll": collection,
-            "txid": str(position.txid),
-            "cid": position.change_id,
-        },
-    )
-
-
-def delete_token(conn: psycopg.Connection[Any], client_name: str, collection: str) -> bool:
-    cur = conn.execute(
-        "DELETE FROM datastore_consumer_positions WHERE client_owner = current_user "
-        "AND client_name = %s AND collection = %s",
-        (client_name, collection),
-    )
-    return cur.rowcount > 0
 
 
 class PostgresChangeStream(ClosingContext):
@@ -541,7 +330,10 @@ class PostgresChangeStream(ClosingContext):
                 return None
             pause = self._idle if remaining is None else min(self._idle, remaining)
             self._idle = min(self._idle * 2, self._options.poll_interval)
-            self._wait(pause)
+            if self._wait(pause):
+                # A change committed; if an older transaction still holds it
+                # back, poll again soon rather than after the idle backoff.
+                self._idle = self._options.min_poll_interval
         return None
 
     def save_token(self, token: ResumeToken | None = None) -> None:
@@ -638,32 +430,40 @@ class PostgresChangeStream(ClosingContext):
             self._conn = conn
         return self._conn
 
-    def _wait(self, pause: float) -> None:
+    def _wait(self, pause: float) -> bool:
         """Sleep up to ``pause`` seconds, or until a change of the collection may be there.
 
-        Woken by a notification for the collection on the stream's connection,
-        by the doorbell (a write through the same store, or :meth:`close`).
-        Any failure here only ends the wait: the next poll reconnects.
+        Woken (returns true) by a notification for the collection on the
+        stream's connection, or by the doorbell (a write through the same
+        store, or :meth:`close`). Any failure here only ends the wait: the next
+        poll reconnects.
         """
         deadline = time.monotonic() + pause
         try:
             conn = self._ensure_connection()
             while not self._closed:
                 if self._notified(conn):
-                    return
+                    return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return
+                    return False
                 bell = self._bell.fileno()
                 ready, _, _ = select.select([conn.fileno(), bell], [], [], remaining)
                 if bell in ready:
                     self._bell.clear()
-                    return
+                    return True
                 if not ready:
-                    return
+                    return False
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            # The server went away while the stream waited (the socket turned
+            # readable at EOF): the next poll reconnects.
+            if not self._closed:
+                self._lost_connection()
+                return True
         except (psycopg.Error, OSError, ValueError, StoreUnavailableError, HistoryLostError):
-            # The next poll reconnects and reports what is wrong.
+            # The next poll reports what is wrong.
             self._stop.wait(max(0.0, deadline - time.monotonic()))
+        return False
 
     def _notified(self, conn: psycopg.Connection[Any]) -> bool:
         """Consume the notifications already received; whether one was for this collection."""
@@ -671,6 +471,13 @@ class PostgresChangeStream(ClosingContext):
             notifies_collection(note.payload, self._collection)
             for note in list(conn.notifies(timeout=0))
         )
+
+    def _lost_connection(self) -> None:
+        """Count a lost connection (metrics) and drop it; the next poll reconnects."""
+        self._drop_connection()
+        self._reconnects += 1
+        if self._observer is not None:
+            self._observer.on_reconnect(self._collection, self._client_name or "")
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -710,10 +517,7 @@ class PostgresChangeStream(ClosingContext):
                     )
                 return read
             except (psycopg.OperationalError, psycopg.InterfaceError):
-                self._drop_connection()
-                self._reconnects += 1
-                if self._observer is not None:
-                    self._observer.on_reconnect(self._collection, self._client_name or "")
+                self._lost_connection()
                 if self._closed:
                     return 0
                 if deadline is not None and time.monotonic() + delay > deadline:

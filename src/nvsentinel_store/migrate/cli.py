@@ -1,6 +1,6 @@
 """``nvsentinel-store migrate``: arguments, progress line and summary of the migration.
 
-The work is in :mod:`nvsentinel_store.migrate`; :mod:`nvsentinel_store.cli`
+The work is in the rest of :mod:`nvsentinel_store.migrate`; :mod:`nvsentinel_store.cli`
 registers the subcommand with :func:`add_parser` and runs it with :func:`run`.
 
 The target is the PostgreSQL of the ``DATASTORE_*`` variables. The source is
@@ -12,7 +12,9 @@ source's or the other way round.
 
 Exit codes: 0 everything imported (and verified, with ``--verify``); 1 some
 documents were rejected or verification found a difference; 2 bad usage or
-configuration; 4 a database unreachable; 5 other database errors; 6 documents
+configuration; 4 a database unreachable; 5 the run failed partway: a
+database error, or a source that could not be read to its end (a truncated
+file, a MongoDB failing mid-read; a second run recognises what was imported); 6 documents
 whose ``_id`` the target already holds with different content (the stored
 copies are kept; listed with ``_id`` and ``file:line``), unless
 ``--keep-existing``.
@@ -29,9 +31,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-import psycopg
-
 from nvsentinel_store import migrate
+from nvsentinel_store.arguments import port, positive_int
 from nvsentinel_store.config import (
     CA_FILE,
     CERT_FILE,
@@ -40,10 +41,11 @@ from nvsentinel_store.config import (
     Settings,
     TlsFile,
     mongo_client_kwargs,
-    postgres_conninfo,
 )
 from nvsentinel_store.errors import ConfigError, StoreUnavailableError
+from nvsentinel_store.providers.postgresql.connection import connect
 from nvsentinel_store.store import COLLECTIONS
+from nvsentinel_store.text import table_lines
 
 EXIT_OK: Final = 0
 EXIT_ATTENTION: Final = 1
@@ -75,8 +77,8 @@ says keeping the stored copies is intended (exit 0, still listed).
 
 exit codes: 0 all imported (and verified); 1 documents rejected or
 verification failed; 2 usage or configuration; 4 unreachable; 5 database
-error; 6 documents stored with different content (without --keep-existing;
-1 when both apply).
+error, or a source that failed partway (the batches before stay); 6 documents
+stored with different content (without --keep-existing; 1 when both apply).
 """
 
 
@@ -121,7 +123,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sample",
-        type=_positive_int,
+        type=positive_int,
         default=migrate.DEFAULT_SAMPLE_SIZE,
         metavar="N",
         help="documents per collection compared by --verify "
@@ -136,7 +138,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=migrate.DEFAULT_BATCH_SIZE,
         help=f"documents per COPY batch and transaction (default {migrate.DEFAULT_BATCH_SIZE})",
     )
@@ -164,7 +166,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "authentication, as the chart configures the services.",
     )
     mongo.add_argument("--source-host", metavar="HOST", help="MongoDB host (required)")
-    mongo.add_argument("--source-port", type=_port, default=27017, help="default 27017")
+    mongo.add_argument("--source-port", type=port, default=27017, help="default 27017")
     mongo.add_argument("--source-database", default="nvsentinel", help="default nvsentinel")
     mongo.add_argument(
         "--source-cert-dir",
@@ -192,26 +194,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="discover the replica set's members (e.g. rs0); default: talk to the host only",
     )
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
-    return value
 
 
 def source_settings(args: argparse.Namespace) -> Settings:
@@ -276,17 +258,6 @@ def _mongo_database(args: argparse.Namespace) -> Iterator[Any]:
         yield client[settings.database]
     finally:
         client.close()
-
-
-def _connect_target(settings: Settings) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(postgres_conninfo(settings))
-    except psycopg.OperationalError as err:
-        reason = " ".join(str(err).split())
-        raise StoreUnavailableError(
-            f"cannot connect to {settings.host}:{settings.port}/{settings.database} "
-            f"as {settings.username}: {reason}"
-        ) from err
 
 
 class _Progress:
@@ -389,7 +360,7 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) 
         if args.rejects is not None:
             rejects_stream = stack.enter_context(args.rejects.open("w", encoding="utf-8"))
         rejects = _Rejects(rejects_stream, progress)
-        conn = stack.enter_context(_connect_target(settings))
+        conn = stack.enter_context(connect(settings, autocommit=False))
         report = migrate.migrate(
             conn,
             sources,
@@ -427,7 +398,7 @@ def print_report(
         )
         for s in report.summaries.values()
     ]
-    _table(out, header, rows)
+    _print_table(out, header, rows)
     rate = report.read / report.elapsed if report.elapsed > 0 else 0.0
     mode = (
         "dry run, nothing written"
@@ -470,7 +441,7 @@ def print_report(
         )
         for v in report.verify.values()
     ]
-    _table(out, vheader, vrows)
+    _print_table(out, vheader, vrows)
     for v in report.verify.values():
         if v.source_count != v.read:
             print(
@@ -485,11 +456,7 @@ def print_report(
     print("verified" if report.verified else "VERIFY FAILED", file=out)
 
 
-def _table(out: TextIO, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        cells = [
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        print("  ".join(cells).rstrip(), file=out)
+def _print_table(out: TextIO, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """Counts under their names: the first column left-aligned, the numbers right-aligned."""
+    for line in table_lines(header, rows, right_align=True):
+        print(line, file=out)

@@ -1,82 +1,23 @@
-"""Realistic health event documents (see the shapes in the shared documents description).
+"""The new health event of :mod:`devsupport.documents`, built by PostgreSQL.
 
-Two forms of the same document: a Python ``dict`` for the writers that go
-through psycopg or the store client, and an SQL ``format()`` template for the
-writers that build the document inside PostgreSQL (pgbench, bulk pre-fills),
-so that every path stores documents of the same shape and size.
+An SQL ``format()`` template of the document, for the writers that build it
+inside PostgreSQL (pgbench, bulk pre-fills), so that they store documents of
+the same shape and size as the writers that send :func:`devsupport.documents.health_event`.
+Also the statements NVSentinel's store-client runs on such an event.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import time
-import uuid
-from datetime import UTC, datetime
 from typing import Any, Final
 
-#: (agent, component class, check name, is fatal, recommended action, error code, message)
-CHECKS: Final = (
-    ("gpu-health-monitor", "GPU", "GpuXidError", True, 24, "79", "XID 79: fallen off the bus"),
-    ("gpu-health-monitor", "GPU", "GpuMemWatch", False, 2, "48", "DBE: double bit ECC error"),
-    ("gpu-health-monitor", "NVSwitch", "NvSwitchFatalWatch", True, 5, "12028", "SXid 12028"),
-    ("syslog-health-monitor", "Node", "SysLogsXIDError", False, 0, "13", "XID 13: graphics engine"),
+from devsupport.documents import (
+    EPOCH,
+    QUARANTINE_STATES,
+    RECOMMENDED_ACTION_NAMES,
+    health_event,
 )
-QUARANTINE_STATES: Final = ("Quarantined", "AlreadyQuarantined", "UnQuarantined", "Cancelled")
-NODES: Final = 2000
-GPUS_PER_NODE: Final = 8
-
-
-def _rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def health_event(doc_id: str, rng: random.Random, now: float | None = None) -> dict[str, Any]:
-    """A new health event as the platform connector stores it (status not set yet)."""
-    now = time.time() if now is None else now
-    agent, component, check, fatal, action, code, message = rng.choice(CHECKS)
-    node = rng.randrange(NODES)
-    gpu = rng.randrange(GPUS_PER_NODE)
-    return {
-        "_id": doc_id,
-        "createdAt": _rfc3339(now),
-        "healthevent": {
-            "version": 1,
-            "agent": agent,
-            "componentclass": component,
-            "checkname": check,
-            "isfatal": fatal,
-            "ishealthy": False,
-            "message": message,
-            "recommendedaction": action,
-            "errorcode": [code],
-            "entitiesimpacted": [
-                {"entitytype": "GPU", "entityvalue": f"GPU-{uuid.UUID(int=rng.getrandbits(128))}"},
-                {"entitytype": "PCI", "entityvalue": f"0000:{0x18 + gpu * 0x10:02x}:00.0"},
-            ],
-            "metadata": {
-                # Unique per event, as the platform connector's keys are: NVSentinel's
-                # schema refuses a second event with the same key.
-                "idempotencyKey": f"{node}-{gpu}-{check}-{doc_id}",
-                "driverVersion": "550.54.15",
-                "gpuIndex": str(gpu),
-            },
-            "generatedtimestamp": {"seconds": int(now), "nanos": int(now % 1 * 1e9)},
-            "nodename": f"gpu-node-{node:04d}",
-            "quarantineoverrides": {"force": False, "skip": False},
-            "drainoverrides": {"force": False, "skip": False},
-            "processingstrategy": 1,
-        },
-        "healtheventstatus": {
-            "nodequarantined": "",
-            "userpodsevictionstatus": {"status": "", "message": ""},
-            "faultremediated": None,
-            "lastremediationtimestamp": None,
-        },
-    }
-
-
-# -- the same document built by PostgreSQL ------------------------------------------
 
 _MARKERS: Final = {
     "@ID@": "%1$s",
@@ -95,14 +36,14 @@ def _template_document() -> dict[str, Any]:
     seed 0 (the same one on every run); the variable parts (id, node, GPU,
     time, GPU UUID) become format arguments.
     """
-    doc = health_event("@ID@", random.Random(0), 0.0)
+    doc = health_event("@ID@", random.Random(0), EPOCH.timestamp())
     he = doc["healthevent"]
     doc["createdAt"] = "@CREATED@"
     he["generatedtimestamp"] = {"seconds": "@SECONDS@", "nanos": 0}
     he["nodename"] = "gpu-node-@NODE@"
     he["entitiesimpacted"][0]["entityvalue"] = "GPU-@UUID@"
     he["entitiesimpacted"][1]["entityvalue"] = "0000:@GPU@:00.0"
-    he["metadata"]["idempotencyKey"] = "@NODE@-@GPU@-@ID@"
+    he["metadata"]["idempotencyKey"] = f"gpu-node-@NODE@-@GPU@-{he['checkname']}-@ID@"
     he["metadata"]["gpuIndex"] = "@GPU@"
     return doc
 
@@ -118,14 +59,6 @@ def _sql_template(doc: dict[str, Any]) -> str:
 
 _TEMPLATE_DOCUMENT: Final = _template_document()
 SQL_TEMPLATE: Final = _sql_template(_TEMPLATE_DOCUMENT)
-
-#: NVSentinel's RecommendedAction names of the numbers in :data:`CHECKS`.
-RECOMMENDED_ACTION_NAMES: Final = {
-    0: "NONE",
-    2: "COMPONENT_RESET",
-    5: "CONTACT_SUPPORT",
-    24: "RESTART_BM",
-}
 
 #: The columns the benchmark's inserts name, as NVSentinel's store-client does
 #: (``insertHealthEventRecord`` also names five status columns that are NULL for
@@ -190,11 +123,12 @@ def quarantine_update_sql(row_id_expr: str, state_index_expr: str) -> str:
     column ``node_quarantined`` and ``healtheventstatus.nodequarantined`` in the
     document, and ``updated_at``, of the row whose id is ``row_id_expr`` (an
     SQL uuid expression). ``state_index_expr`` (an integer 0-3) picks one of
-    :data:`QUARANTINE_STATES`. The state is a typed text expression, written
-    out at each of its two uses: pgbench (``--protocol=prepared``) sends its
-    variables as untyped parameters; an untyped parameter fails in ``to_jsonb``
-    (polymorphic), and one bound both to NVSentinel's VARCHAR column and to
-    text fails with "inconsistent types deduced for parameter".
+    :data:`~devsupport.documents.QUARANTINE_STATES`. The state is a typed text
+    expression, written out at each of its two uses: pgbench
+    (``--protocol=prepared``) sends its variables as untyped parameters; an
+    untyped parameter fails in ``to_jsonb`` (polymorphic), and one bound both to
+    NVSentinel's VARCHAR column and to text fails with "inconsistent types
+    deduced for parameter".
     """
     state = f"(ARRAY{list(QUARANTINE_STATES)!r}::text[])[({state_index_expr})::int + 1]"
     return (
