@@ -1100,7 +1100,7 @@ CREATE INDEX idx_health_events_created_id ON public.health_events USING btree (c
 -- Name: idx_health_events_document_gin; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX idx_health_events_document_gin ON public.health_events USING gin (document);
+CREATE INDEX idx_health_events_document_gin ON public.health_events USING gin (document) WITH (gin_pending_list_limit='64');
 
 --
 -- Name: idx_health_events_eviction_status; Type: INDEX; Schema: public; Owner: -

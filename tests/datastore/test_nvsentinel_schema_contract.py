@@ -292,3 +292,31 @@ def test_nvsentinel_maintenance_watchers_see_no_column_of_ours(
     for _, old, new in rows:
         for row in (old, new):
             assert row is None or set(row) == set(NVSENTINEL_MAINTENANCE_COLUMNS)
+
+
+def gin_index(database: PostgresDatabase) -> tuple[str, list[str] | None]:
+    """NVSentinel's GIN index on health_events.document: its definition and storage parameters."""
+    with psycopg.connect(database.superuser_conninfo(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_get_indexdef(c.oid), c.reloptions FROM pg_class AS c "
+            "WHERE c.relname = 'idx_health_events_document_gin'"
+        ).fetchone()
+    assert row is not None, "idx_health_events_document_gin is missing"
+    return str(row[0]), row[1]
+
+
+def test_nvsentinel_gin_index_gets_a_small_pending_list_and_keeps_its_definition(
+    nvsentinel_database: PostgresDatabase,
+) -> None:
+    """On a database NVSentinel's files made, 0006 sets only the pending list size."""
+    definition, options = gin_index(nvsentinel_database)
+    assert options is None
+    apply_schema(nvsentinel_database)
+    adopted, adopted_options = gin_index(nvsentinel_database)
+    assert adopted_options == ["gin_pending_list_limit=64"]
+    assert adopted == definition.replace(
+        "USING gin (document)", "USING gin (document) WITH (gin_pending_list_limit='64')"
+    )
+    # NVSentinel's files applied again leave the setting alone.
+    apply_nvsentinel_migrations(nvsentinel_database)
+    assert gin_index(nvsentinel_database)[1] == ["gin_pending_list_limit=64"]

@@ -1,0 +1,19 @@
+-- A small pending list for NVSentinel's GIN index on health_events.document.
+--
+-- A GIN index with fastupdate (PostgreSQL's default, and NVSentinel's
+-- idx_health_events_document_gin) collects new entries in a pending list and
+-- merges them into the index when the list passes gin_pending_list_limit
+-- (4 MB by default). The insert that passes it does the merge: about 90 ms
+-- for health events on our 2-core machine. A change stream delivers a change
+-- only after every transaction that got its id earlier has ended (0002), so
+-- each merge held back the changes committed during it, and at 1,000 changes/s
+-- the streams' p99 commit-to-delivery was 77-85 ms. With a 64 kB list (the
+-- smallest PostgreSQL allows) the merges are small and frequent: p99 8 ms,
+-- insert throughput unchanged within the noise. fastupdate = off would also
+-- end the stalls, at about a quarter of insert throughput.
+-- (docs/benchmarks.md; measured with bench/side_by_side.py and pgbench.)
+--
+-- A storage parameter only: the index, its definition and its name stay
+-- NVSentinel's, and NVSentinel's files (CREATE INDEX IF NOT EXISTS) leave it
+-- as set here.
+ALTER INDEX IF EXISTS idx_health_events_document_gin SET (gin_pending_list_limit = 64);
