@@ -20,7 +20,6 @@ from tests.chart.scenarios import (
     CLIENT_LABEL,
     MOUNT_PATH,
     SCENARIOS,
-    SERVICES,
     Scenario,
     datastore_clients,
     env_map,
@@ -30,6 +29,7 @@ from tests.chart.scenarios import (
     rendered,
 )
 from tests.fixtures import chart
+from tests.fixtures.chart import SERVICES
 
 pytestmark = pytest.mark.chart
 

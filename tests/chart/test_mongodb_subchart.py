@@ -144,9 +144,9 @@ def test_rendered_without_a_cluster_no_root_password_is_generated() -> None:
     `<release>-mongodb`, which the operator creates once (or auth.existingSecret)."""
     first, second = (helm_template("mongodb").stdout for _ in range(2))
     assert first == second, "two renders differ"
-    first = render()
-    assert not chart.of_kind(first, "Secret")
-    for workload in (statefulset(first), init_job(first)):
+    documents = render()
+    assert not chart.of_kind(documents, "Secret")
+    for workload in (statefulset(documents), init_job(documents)):
         assert volume(pod_spec(workload), "auth")["secret"]["secretName"] == "nvsentinel-mongodb"
     readme = (subchart_path("mongodb") / "README.md").read_text()
     assert "kubectl create secret generic <release>-mongodb" in readme

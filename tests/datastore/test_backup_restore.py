@@ -328,8 +328,8 @@ def test_backup_cronjob_dump_restores_into_a_fresh_server_with_documents_trigger
             assert hazard == (True,)
             adopted = conn.execute("SELECT * FROM datastore_adopt_restore()").fetchone()
             assert adopted is not None and adopted[0] is True
-            again = conn.execute("SELECT adopted FROM datastore_adopt_restore()").fetchone()
-            assert again == (False,)  # idempotent: now it is this server's history
+            adopted_again = conn.execute("SELECT adopted FROM datastore_adopt_restore()").fetchone()
+            assert adopted_again == (False,)  # idempotent: now it is this server's history
             # Change ids are kept (NVSentinel's resume tokens name them): the
             # restored ones, then the one written before adoption above them.
             ids = conn.execute(

@@ -313,7 +313,7 @@ WAIT = 20.0
 
 
 def write_while_waiting(
-    write: Callable[[], None], stream: PostgresChangeStream, wait: float = WAIT
+    write: Callable[[], object], stream: PostgresChangeStream, wait: float = WAIT
 ) -> tuple[ChangeEvent | None, float]:
     """``write`` from another thread half a second into ``try_next(wait)``.
 

@@ -507,7 +507,7 @@ def test_literal_mongoexport_lines_of_every_extended_json_type(
         },
     }
     assert rows["legacy-1"]["createdAt"] == "2026-03-01T10:00:00.500000Z"
-    created = dict(
+    created: dict[str, datetime] = dict(
         query(schema_database, "SELECT document ->> '_id', created_at FROM health_events")
     )
     assert created[uid] == datetime(2026, 3, 1, 10, 0, 0, 123000, tzinfo=UTC)

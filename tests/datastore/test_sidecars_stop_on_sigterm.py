@@ -125,7 +125,8 @@ def test_mongodb_pem_rotator_stops_on_sigterm(
 def rendered_container(kind: str, name: str, container: str, init: bool) -> dict[str, Any]:
     objects = chart.render(["values-postgresql.yaml"], ["storeTools.enabled=true"])
     spec = chart.find(objects, kind, name)["spec"]["template"]["spec"]
-    found = [c for c in spec["initContainers" if init else "containers"] if c["name"] == container]
+    containers: list[dict[str, Any]] = spec["initContainers" if init else "containers"]
+    found = [c for c in containers if c["name"] == container]
     assert found, f"{kind}/{name} has no container {container}"
     return found[0]
 

@@ -61,15 +61,18 @@ BEGIN
                AND (low_txid IS NULL OR (l.position_txid, l.id) <= (low_txid, low_id));
         ELSE
             -- The oldest changes first, along the streams' own index: what a
-            -- batch leaves is the newer part, for the next call.
+            -- batch leaves is the newer part, for the next call. ARRAY(...)
+            -- makes the ordered LIMIT an init plan, run once, and the DELETE
+            -- then goes by primary key; as `IN (subquery)` a batch of 5,000
+            -- took 254 ms at 1,000,000 rows instead of 20 ms (make bench).
             DELETE FROM public.datastore_changelog AS l
-             WHERE l.id IN (
+             WHERE l.id = ANY (ARRAY(
                  SELECT d.id FROM public.datastore_changelog AS d
                   WHERE d.table_name = coll
                     AND d.changed_at < cutoff
                     AND (low_txid IS NULL OR (d.position_txid, d.id) <= (low_txid, low_id))
                   ORDER BY d.position_txid, d.id
-                  LIMIT batch_size);
+                  LIMIT batch_size));
         END IF;
         GET DIAGNOSTICS n_deleted = ROW_COUNT;
 
