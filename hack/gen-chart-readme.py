@@ -24,7 +24,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from generated_file import write_or_check
 from values_comments import AnnotationError, parse, split_type_hint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,24 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     except UndocumentedError as err:
         print(f"gen-chart-readme: {err}", file=sys.stderr)
         return 1
-    if args.check:
-        if wanted == current:
-            return 0
-        diff = difflib.unified_diff(
-            current.splitlines(keepends=True),
-            wanted.splitlines(keepends=True),
-            "README.md (committed)",
-            "README.md (generated)",
-        )
-        sys.stdout.writelines(diff)
-        print(
-            f"gen-chart-readme: {readme} is stale; run hack/gen-chart-readme.py",
-            file=sys.stderr,
-        )
-        return 1
-    if wanted != current:
-        readme.write_text(wanted)
-    return 0
+    return write_or_check(
+        readme,
+        wanted,
+        check=args.check,
+        tool="gen-chart-readme",
+        command="hack/gen-chart-readme.py (make docs)",
+    )
 
 
 if __name__ == "__main__":

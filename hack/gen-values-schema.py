@@ -17,7 +17,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from generated_file import write_or_check
 from values_comments import (
     AnnotationError,
     Annotations,
@@ -342,25 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     except (AnnotationError, SchemaError) as err:
         print(f"gen-values-schema: {err}", file=sys.stderr)
         return 1
-    current = target.read_text() if target.exists() else ""
-    if args.check:
-        if wanted == current:
-            return 0
-        diff = difflib.unified_diff(
-            current.splitlines(keepends=True),
-            wanted.splitlines(keepends=True),
-            "values.schema.json (committed)",
-            "values.schema.json (generated)",
-        )
-        sys.stdout.writelines(diff)
-        print(
-            f"gen-values-schema: {target} is stale; run hack/gen-values-schema.py (make docs)",
-            file=sys.stderr,
-        )
-        return 1
-    if wanted != current:
-        target.write_text(wanted)
-    return 0
+    return write_or_check(
+        target,
+        wanted,
+        check=args.check,
+        tool="gen-values-schema",
+        command="hack/gen-values-schema.py (make docs)",
+    )
 
 
 if __name__ == "__main__":
