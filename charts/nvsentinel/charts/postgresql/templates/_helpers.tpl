@@ -75,6 +75,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "postgresql.paths.bootstrap" -}}/opt/nvsentinel/initdb{{- end -}}
 {{- define "postgresql.paths.socket" -}}/var/run/postgresql{{- end -}}
 
+{{/* The server's port, in the pod and on both Services: fixed, since the
+services' DATASTORE_PORT defaults to it (connection.port names another). */}}
+{{- define "postgresql.port" -}}5432{{- end -}}
+
 {{/* A postgresql.conf value: strings single-quoted (quotes doubled), numbers and booleans as they are. */}}
 {{- define "postgresql.confValue" -}}
 {{- if kindIs "string" . -}}
