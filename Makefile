@@ -25,7 +25,7 @@ test-cluster: ## A real API server (local control plane, or KUBECONFIG): install
 test-e2e: ## Pods on kind (skips without a container engine)
 	hack/run-tests.sh e2e
 
-lint: ## ruff, mypy --strict, shellcheck, shfmt -d, helm lint --strict, generated docs current
+lint: ## ruff, mypy (--strict outside tests/), shellcheck, shfmt -d, helm lint --strict, generated docs current
 	hack/lint.sh
 
 bench: ## Benchmarks (change streams, migration); writes docs/benchmarks.md and docs/benchmarks-migration.md

@@ -121,18 +121,18 @@ def pod_template(obj: dict[str, Any]) -> dict[str, Any]:
     if obj["kind"] == "Pod":
         return obj
     if obj["kind"] == "CronJob":
-        return obj["spec"]["jobTemplate"]["spec"]["template"]  # type: ignore[no-any-return]
-    return obj["spec"]["template"]  # type: ignore[no-any-return]
+        return obj["spec"]["jobTemplate"]["spec"]["template"]
+    return obj["spec"]["template"]
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
     """The pod spec of a Deployment, Job, CronJob or Pod."""
-    return pod_template(obj)["spec"]  # type: ignore[no-any-return]
+    return pod_template(obj)["spec"]
 
 
 def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
     """The labels the pods of a Deployment, Job, CronJob or Pod carry."""
-    return pod_template(obj)["metadata"].get("labels", {})  # type: ignore[no-any-return]
+    return pod_template(obj)["metadata"].get("labels", {})
 
 
 def datastore_clients(objects: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:

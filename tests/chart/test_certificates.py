@@ -22,7 +22,7 @@ def certificates(objects: tuple[dict[str, Any], ...]) -> dict[str, dict[str, Any
 
 
 def datastore_config(objects: tuple[dict[str, Any], ...]) -> dict[str, str]:
-    return chart.find(objects, "ConfigMap", "nvsentinel-datastore-config")["data"]  # type: ignore[no-any-return]
+    return chart.find(objects, "ConfigMap", "nvsentinel-datastore-config")["data"]
 
 
 @pytest.mark.parametrize("scenario", IN_CLUSTER, ids=lambda s: s.name)

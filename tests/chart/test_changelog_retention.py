@@ -34,7 +34,7 @@ def prune_cronjobs(objects: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -
 def prune_container(cronjob: dict[str, Any]) -> dict[str, Any]:
     containers = pod_spec(cronjob)["containers"]
     assert [c["name"] for c in containers] == ["changelog-prune"]
-    return containers[0]  # type: ignore[no-any-return]
+    return containers[0]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)

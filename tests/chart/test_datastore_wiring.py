@@ -40,7 +40,7 @@ SECRET_SOURCE = "/var/run/nvsentinel/datastore-client-cert-secret"
 def init_container(obj: dict[str, Any], name: str) -> dict[str, Any]:
     for container in pod_spec(obj).get("initContainers", []):
         if container["name"] == name:
-            return container  # type: ignore[no-any-return]
+            return container
     raise AssertionError(f"{obj['kind']}/{obj['metadata']['name']} has no init container {name}")
 
 
@@ -231,7 +231,7 @@ def test_services_come_from_one_template_with_their_own_image_args_and_resources
 def test_services_roll_when_the_datastore_settings_change() -> None:
     def checksum(objects: list[dict[str, Any]]) -> str:
         dep = chart.find(objects, "Deployment", "fault-quarantine")
-        return dep["spec"]["template"]["metadata"]["annotations"]["checksum/datastore-config"]  # type: ignore[no-any-return]
+        return dep["spec"]["template"]["metadata"]["annotations"]["checksum/datastore-config"]
 
     before = checksum(chart.render())
     after = checksum(chart.render([], ["global.datastore.connection.sslmode=verify-ca"]))

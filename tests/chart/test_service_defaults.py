@@ -14,7 +14,7 @@ pytestmark = pytest.mark.chart
 
 
 def container(objects: list[dict[str, Any]], service: str) -> dict[str, Any]:
-    return pod_spec(chart.find(objects, "Deployment", service))["containers"][0]  # type: ignore[no-any-return]
+    return pod_spec(chart.find(objects, "Deployment", service))["containers"][0]
 
 
 def test_every_service_gets_the_defaults() -> None:

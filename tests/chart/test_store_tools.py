@@ -32,7 +32,7 @@ NAME = "nvsentinel-store-tools"
 def tools_container(obj: dict[str, Any]) -> dict[str, Any]:
     (container,) = pod_spec(obj)["containers"]
     assert container["name"] == "store-tools"
-    return container  # type: ignore[no-any-return]
+    return container
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,7 @@ def test_a_new_migration_rolls_the_tools_pod_onto_the_new_schema_configmap(
 
     def source(deployment: dict[str, Any]) -> dict[str, Any]:
         volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
-        return volumes["migrations"]["configMap"]  # type: ignore[no-any-return]
+        return volumes["migrations"]["configMap"]
 
     # a new pod template: the Deployment rolls, and its health expects the new migration
     assert source(after)["name"] != source(before)["name"]

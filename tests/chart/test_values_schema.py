@@ -34,7 +34,7 @@ def chart_copy(tmp_path: Path) -> Path:
 
 
 def schema() -> dict[str, Any]:
-    return json.loads(SCHEMA.read_text())  # type: ignore[no-any-return]
+    return json.loads(SCHEMA.read_text())
 
 
 def test_values_schema_is_current() -> None:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client, dynamic
@@ -97,8 +97,11 @@ class Release:
         return self.run("uninstall", self.name)
 
     def custom_objects(self, group: str, version: str, plural: str) -> list[dict[str, Any]]:
-        listing = client.CustomObjectsApi(self.api).list_namespaced_custom_object(
-            group, version, self.namespace, plural
+        listing: dict[str, Any] = cast(
+            dict[str, Any],
+            client.CustomObjectsApi(self.api).list_namespaced_custom_object(
+                group, version, self.namespace, plural
+            ),
         )
         items: list[dict[str, Any]] = listing["items"]
         return items

@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pykube
 import pytest
@@ -121,14 +121,20 @@ def test_certificate_is_accepted_by_server_side_dry_run(
         dnsNames=["store.example.svc"],
         issuerRef={"name": "store-ca", "kind": "Issuer"},
     )
-    created = client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
-        "cert-manager.io", "v1", namespace, "certificates", certificate, dry_run="All"
+    created: dict[str, Any] = cast(
+        dict[str, Any],
+        client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+            "cert-manager.io", "v1", namespace, "certificates", certificate, dry_run="All"
+        ),
     )
     assert created["metadata"]["namespace"] == namespace
     assert created["spec"]["secretName"] == "store-server-tls"
     # A dry run stores nothing.
-    listed = client.CustomObjectsApi(kube_api).list_namespaced_custom_object(
-        "cert-manager.io", "v1", namespace, "certificates"
+    listed: dict[str, Any] = cast(
+        dict[str, Any],
+        client.CustomObjectsApi(kube_api).list_namespaced_custom_object(
+            "cert-manager.io", "v1", namespace, "certificates"
+        ),
     )
     assert listed["items"] == []
 

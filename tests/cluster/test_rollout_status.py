@@ -8,6 +8,8 @@ controller observe the object, then gives the wait one second.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from kubernetes import client
 
@@ -16,7 +18,7 @@ from tests.fixtures.rollout import RolloutTimeout, read_state, wait_for_rollout
 
 pytestmark = pytest.mark.cluster
 
-_POD = {
+_POD: dict[str, Any] = {
     "metadata": {"labels": {"app": "probe"}},
     "spec": {
         "containers": [{"name": "probe", "image": "busybox:1.37"}],
@@ -39,7 +41,7 @@ def _observed(api: client.ApiClient, kind: str, namespace: str, progress: str) -
     )
 
 
-def _deployment(namespace: str, replicas: int) -> dict[str, object]:
+def _deployment(namespace: str, replicas: int) -> Any:  # a manifest; the client takes plain dicts
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -67,35 +69,31 @@ def test_deployment_waits_for_available_replicas(api: client.ApiClient, namespac
 
 
 def test_statefulset_waits_for_ready_pods(api: client.ApiClient, namespace: str) -> None:
-    client.AppsV1Api(api).create_namespaced_stateful_set(
-        namespace,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "StatefulSet",
-            "metadata": {"name": "probe", "namespace": namespace},
-            "spec": {
-                "replicas": 1,
-                "serviceName": "probe",
-                "selector": {"matchLabels": {"app": "probe"}},
-                "template": {**_POD, "spec": {**_POD["spec"], "restartPolicy": "Always"}},
-            },
+    statefulset: Any = {  # a manifest; the client takes plain dicts
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "probe", "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "serviceName": "probe",
+            "selector": {"matchLabels": {"app": "probe"}},
+            "template": {**_POD, "spec": {**_POD["spec"], "restartPolicy": "Always"}},
         },
-    )
+    }
+    client.AppsV1Api(api).create_namespaced_stateful_set(namespace, statefulset)
     _observed(api, "StatefulSet", namespace, "pods are ready")
     with pytest.raises(RolloutTimeout, match="0 of 1 pods are ready"):
         wait_for_rollout(api, "StatefulSet", "probe", namespace, timeout=1, interval=0.5)
 
 
 def test_job_waits_for_completion(api: client.ApiClient, namespace: str) -> None:
-    client.BatchV1Api(api).create_namespaced_job(
-        namespace,
-        {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {"name": "probe", "namespace": namespace},
-            "spec": {"backoffLimit": 0, "template": _POD},
-        },
-    )
+    job: Any = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "probe", "namespace": namespace},
+        "spec": {"backoffLimit": 0, "template": _POD},
+    }
+    client.BatchV1Api(api).create_namespaced_job(namespace, job)
     _observed(api, "Job", namespace, "1 active")
     with pytest.raises(RolloutTimeout, match="job probe: 1 active, 0 succeeded"):
         wait_for_rollout(api, "Job", "probe", namespace, timeout=1, interval=0.5)

@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -263,9 +263,13 @@ def test_tilt_ci_applies_the_resources_that_need_no_pod(
             f"tilt ci exited {result.returncode}\n{result.stdout}\n{result.stderr}"
         )
         assert "condition met" in result.stdout + result.stderr
-        certificates = client.CustomObjectsApi(kube_api).list_namespaced_custom_object(
-            "cert-manager.io", "v1", namespace, "certificates"
-        )["items"]
+        listing: dict[str, Any] = cast(
+            dict[str, Any],
+            client.CustomObjectsApi(kube_api).list_namespaced_custom_object(
+                "cert-manager.io", "v1", namespace, "certificates"
+            ),
+        )
+        certificates = listing["items"]
         names = {c["metadata"]["name"] for c in certificates}
         assert {"postgresql-client-cert", "nvsentinel-postgresql-server-tls"} <= names, names
         datastore = core.read_namespaced_config_map("nvsentinel-datastore-config", namespace)

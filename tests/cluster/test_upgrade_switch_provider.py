@@ -15,7 +15,6 @@ from collections.abc import Callable
 import pytest
 
 from tests.cluster.chart_objects import (
-    SERVICES,
     assert_certificates,
     assert_schema_delivery,
     assert_services_wired,
@@ -23,6 +22,7 @@ from tests.cluster.chart_objects import (
     assert_store_installed,
 )
 from tests.cluster.conftest import Release
+from tests.fixtures.chart import SERVICES
 
 pytestmark = pytest.mark.cluster
 

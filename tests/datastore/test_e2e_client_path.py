@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from devsupport.postgres import PostgresDatabase
-from nvsentinel_store.config import Settings, postgres_params
+from nvsentinel_store.config import Settings, postgres_conninfo
 from tests.e2e.datastore_client import (
     assert_change_stream_round_trip,
     loopback_resolution,
@@ -56,8 +56,7 @@ def _settings(
 def test_relay_carries_a_verified_certificate_session(
     schema_database: PostgresDatabase, relay: PortForwardRelay
 ) -> None:
-    params = postgres_params(_settings(schema_database, relay, "localhost"))
-    with psycopg.connect(**params) as conn:
+    with psycopg.connect(postgres_conninfo(_settings(schema_database, relay, "localhost"))) as conn:
         row = conn.execute(
             "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
         ).fetchone()
@@ -68,14 +67,14 @@ def test_dialled_name_reaches_the_relay_and_is_what_tls_verifies(
     schema_database: PostgresDatabase, relay: PortForwardRelay
 ) -> None:
     with pytest.raises(psycopg.OperationalError, match="resolve"):
-        psycopg.connect(**postgres_params(_settings(schema_database, relay, SERVICE_NAME)))
+        psycopg.connect(postgres_conninfo(_settings(schema_database, relay, SERVICE_NAME)))
     with loopback_resolution(SERVICE_NAME):
-        verify_ca = postgres_params(_settings(schema_database, relay, SERVICE_NAME, "verify-ca"))
-        with psycopg.connect(**verify_ca) as conn:
+        verify_ca = postgres_conninfo(_settings(schema_database, relay, SERVICE_NAME, "verify-ca"))
+        with psycopg.connect(verify_ca) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
-        verify_full = postgres_params(_settings(schema_database, relay, SERVICE_NAME))
+        verify_full = postgres_conninfo(_settings(schema_database, relay, SERVICE_NAME))
         with pytest.raises(psycopg.OperationalError, match=SERVICE_NAME):
-            psycopg.connect(**verify_full)
+            psycopg.connect(verify_full)
 
 
 def test_round_trip_and_seed_queries_over_the_relay(
@@ -84,7 +83,7 @@ def test_round_trip_and_seed_queries_over_the_relay(
     settings = _settings(schema_database, relay, "localhost")
     with open_store(settings) as store:
         assert_change_stream_round_trip(store, client_name="e2e-client-path")
-    with psycopg.connect(**postgres_params(settings)) as conn:
+    with psycopg.connect(postgres_conninfo(settings)) as conn:
         count = conn.execute("SELECT COUNT(*) FROM datastore_changelog;").fetchone()
         positions = conn.execute("SELECT * FROM datastore_consumer_positions;")
         columns = [column.name for column in positions.description or []]
@@ -102,6 +101,6 @@ def test_round_trip_and_seed_queries_over_the_relay(
 def test_schema_checks_hold_for_the_application_user(
     schema_database: PostgresDatabase, relay: PortForwardRelay
 ) -> None:
-    with psycopg.connect(**postgres_params(_settings(schema_database, relay, "localhost"))) as conn:
+    with psycopg.connect(postgres_conninfo(_settings(schema_database, relay, "localhost"))) as conn:
         assert_schema_current(conn)
         assert_tables_and_triggers(conn)

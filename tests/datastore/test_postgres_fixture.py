@@ -41,7 +41,7 @@ def test_app_user_connects_with_its_client_certificate_under_verify_full(
 def test_server_settings_match_the_chart(postgres_database: PostgresDatabase) -> None:
     with psycopg.connect(postgres_database.superuser_conninfo()) as conn:
         settings = {
-            name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+            name: conn.execute(f"SHOW {name}").fetchone()[0]
             for name in ("ssl", "ssl_min_protocol_version", "listen_addresses")
         }
     assert settings == {

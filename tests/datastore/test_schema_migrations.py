@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -25,7 +26,7 @@ SHELL_APPLIER = PG_FILES / "apply-migrations.sh"
 MIGRATIONS = PG_FILES / "migrations"
 
 
-def migrator(database: PostgresDatabase) -> psycopg.Connection[tuple[object, ...]]:
+def migrator(database: PostgresDatabase) -> psycopg.Connection[tuple[Any, ...]]:
     return psycopg.connect(database.conninfo(user=MIGRATION_USER), autocommit=True)
 
 

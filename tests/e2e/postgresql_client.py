@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 import pytest
 from kubernetes import client
 
-from nvsentinel_store.config import postgres_params
+from nvsentinel_store.config import postgres_conninfo
 from tests.e2e.conftest import Installed
 from tests.e2e.datastore_client import Connection, relayed_environment
 
@@ -23,9 +24,8 @@ from tests.e2e.datastore_client import Connection, relayed_environment
 class PostgresConnection(Connection):
     """The store's connection, plus plain psycopg connections with the services' settings."""
 
-    def connect(self, **overrides: str) -> psycopg.Connection[tuple[object, ...]]:
-        params = {**postgres_params(self.settings), **overrides}
-        return psycopg.connect(**params, autocommit=True)
+    def connect(self, **overrides: str) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(postgres_conninfo(self.settings, **overrides), autocommit=True)
 
 
 def development_password(api: client.ApiClient, installed: Installed) -> str | None:

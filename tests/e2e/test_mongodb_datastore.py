@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pymongo
 import pytest
@@ -79,7 +80,7 @@ def test_mongodb_is_replica_set_rs0_with_a_primary(mongodb: MongoConnection) -> 
 
 def test_plaintext_and_certificateless_connections_are_refused(mongodb: MongoConnection) -> None:
     settings = mongodb.settings
-    plaintext = pymongo.MongoClient(
+    plaintext: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
         host=settings.host,
         port=settings.port,
         directConnection=True,
@@ -88,7 +89,7 @@ def test_plaintext_and_certificateless_connections_are_refused(mongodb: MongoCon
     )
     with pytest.raises((ServerSelectionTimeoutError, AutoReconnect)), plaintext:
         plaintext.admin.command("ping")
-    anonymous = pymongo.MongoClient(
+    anonymous: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
         host=settings.host,
         port=settings.port,
         directConnection=True,

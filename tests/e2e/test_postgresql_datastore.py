@@ -15,6 +15,7 @@ import time
 import psycopg
 import pytest
 from kubernetes import client
+from psycopg.conninfo import make_conninfo
 
 from nvsentinel_store.config import postgres_params
 from tests.e2e.conftest import STORE_TOOLS, Installed
@@ -67,7 +68,7 @@ def test_plaintext_and_certificateless_connections_are_refused(
     params.pop("sslcert")
     params.pop("sslkey")
     with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(**params).close()
+        psycopg.connect(make_conninfo(**params)).close()
 
 
 def test_schema_job_applied_every_migration_the_chart_ships(

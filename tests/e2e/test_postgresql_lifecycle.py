@@ -219,7 +219,7 @@ def test_helm_upgrade_with_a_new_migration_runs_a_new_schema_job(
         installed.cluster.api, "Deployment", tools.deployment, installed.namespace, timeout=300
     )
     with postgresql.connect() as conn:
-        versions = dict(
+        versions: dict[object, object] = dict(
             conn.execute("SELECT version, name FROM nvsentinel_store_migrations").fetchall()
         )
         comment = conn.execute("SELECT obj_description('health_events'::regclass)").fetchone()
