@@ -16,6 +16,8 @@ import pytest
 from tests.chart.subcharts import render_error, render_subchart
 from tests.fixtures import chart
 from tests.fixtures.mongosh import (
+    NVSENTINEL_INDEXES,
+    TTL,
     FakeMongoServer,
     ensure_collections,
     init_job_collections,
@@ -25,72 +27,6 @@ from tests.fixtures.mongosh import (
 pytestmark = pytest.mark.chart
 
 THIRTY_DAYS = 2592000
-TTL = "expireAfterSeconds"
-
-# NVSentinel's collections and indexes (mongodb-store's _init-eval.tpl): name ->
-# (ordered key, options). Unnamed there, the name is MongoDB's default.
-NVSENTINEL_INDEXES: dict[str, dict[str, tuple[list[tuple[str, int]], set[str]]]] = {
-    "HealthEvents": {
-        "createdAt_1": ([("createdAt", 1)], {TTL}),
-        "createdAt_1__id_1": ([("createdAt", 1), ("_id", 1)], set()),
-        "idx_health_events_analyzer_lookup": (
-            [
-                ("healthevent.agent", 1),
-                ("healthevent.checkname", 1),
-                ("healthevent.nodename", 1),
-                ("createdAt", -1),
-            ],
-            set(),
-        ),
-        "healthevent.agent_1_healthevent.componentclass_1_healthevent.checkname_1_"
-        "healthevent.nodename_1_healthevent.version_1_createdAt_1__id_1": (
-            [
-                ("healthevent.agent", 1),
-                ("healthevent.componentclass", 1),
-                ("healthevent.checkname", 1),
-                ("healthevent.nodename", 1),
-                ("healthevent.version", 1),
-                ("createdAt", 1),
-                ("_id", 1),
-            ],
-            set(),
-        ),
-        "healthevent.nodename_1_healthevent.entitiesimpacted.entitytype_1_"
-        "healthevent.entitiesimpacted.entityvalue_1_healthevent.generatedtimestamp.seconds_1": (
-            [
-                ("healthevent.nodename", 1),
-                ("healthevent.entitiesimpacted.entitytype", 1),
-                ("healthevent.entitiesimpacted.entityvalue", 1),
-                ("healthevent.generatedtimestamp.seconds", 1),
-            ],
-            set(),
-        ),
-        "healthevent.nodename_1_healthevent.ishealthy_1_healthevent.generatedtimestamp.seconds_1": (
-            [
-                ("healthevent.nodename", 1),
-                ("healthevent.ishealthy", 1),
-                ("healthevent.generatedtimestamp.seconds", 1),
-            ],
-            set(),
-        ),
-        "healthevent.nodename_1_healtheventstatus.faultremediated.value_1_"
-        "healthevent.isfatal_1_healthevent.generatedtimestamp.seconds_1": (
-            [
-                ("healthevent.nodename", 1),
-                ("healtheventstatus.faultremediated.value", 1),
-                ("healthevent.isfatal", 1),
-                ("healthevent.generatedtimestamp.seconds", 1),
-            ],
-            set(),
-        ),
-    },
-    "MaintenanceEvents": {
-        "actualEndTime_1": ([("actualEndTime", 1)], {TTL}),
-        "scheduledStartTime_1": ([("scheduledStartTime", 1)], set()),
-        "cspStatus_1": ([("cspStatus", 1)], set()),
-    },
-    "ResumeTokens": {},
-}
 
 
 def render(*set_values: str) -> list[dict[str, Any]]:
