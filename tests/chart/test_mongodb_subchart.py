@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -305,15 +304,6 @@ def test_tls_pem_once_writes_certificate_then_key_readable_only_by_its_owner(
     assert "-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----" in pem
     assert (pem_dir / "server.pem").stat().st_mode & 0o777 == 0o600
     assert not [p for p in pem_dir.iterdir() if p.name.startswith(".server.pem.")]
-
-
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
-@pytest.mark.parametrize("script", ["connect.js", "init-replicaset.js", "rotate-certificates.js"])
-def test_mongosh_scripts_are_valid_javascript(script: str) -> None:
-    result = subprocess.run(
-        ["node", "--check", str(FILES / script)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
 
 
 def test_helm_lint_strict_is_clean() -> None:

@@ -4,6 +4,14 @@ FerretDB stands in for MongoDB: real pymongo, TLS with verify-full and a client
 certificate. It has no MONGODB-X509 authentication and no change streams, so
 the client here is built from ``mongo_client_kwargs`` without the X509
 mechanism, and watching is tested on kind.
+
+The subchart's init-collections.js (rendered, under node) runs against it too:
+collections and indexes. FerretDB 1.24 refuses TTL indexes (createIndexes:
+"Index option "expireAfterSeconds" is not implemented yet") and has no
+``collMod`` ("`collMod` command is not implemented yet"), so the TTL indexes
+are created here without expireAfterSeconds; the TTL itself and its change are
+tested in the chart tier (tests/chart/test_mongodb_collections.py, against
+MongoDB's documented answers).
 """
 
 from __future__ import annotations
@@ -22,7 +30,16 @@ from devsupport.ca import Pki
 from nvsentinel_store.config import Settings, mongo_client_kwargs
 from nvsentinel_store.providers.mongodb import MongoCollection, MongoStore
 from nvsentinel_store.store import Document
+from tests.chart.subcharts import render_subchart
 from tests.fixtures.ferretdb import FerretDBServer
+from tests.fixtures.mongosh import (
+    NVSENTINEL_INDEXES,
+    TTL,
+    ensure_collections,
+    init_job_collections,
+    lay_out_scripts,
+    pymongo_handler,
+)
 
 pytestmark = pytest.mark.datastore
 
@@ -164,3 +181,31 @@ def test_mongo_require_does_not_verify_the_server(
 ) -> None:
     with tls_client(ferretdb_server, test_ca, "require", test_ca.wrong_ca_file) as client:
         assert client.admin.command("ping")["ok"] == 1.0
+
+
+def test_init_collections_script_creates_nvsentinels_collections_and_indexes_once(
+    ferretdb_server: FerretDBServer, test_ca: Pki, tmp_path: Path
+) -> None:
+    database = f"init_{uuid.uuid4().hex[:12]}"
+    objects = render_subchart("mongodb", [f"auth.database={database}"], release="nvsentinel")
+    spec = init_job_collections(objects)
+    for collection in spec["collections"]:
+        for index in collection["indexes"]:
+            index.pop(TTL, None)  # FerretDB has no TTL indexes (module docstring)
+    scripts = lay_out_scripts(objects, tmp_path, "nvsentinel")
+    with tls_client(ferretdb_server, test_ca, "verify-full", ferretdb_server.ca_file) as client:
+        try:
+            first = ensure_collections(scripts, spec, pymongo_handler(client))
+            assert first.returncode == 0, first.output
+            db = client[database]
+            assert set(db.list_collection_names()) == set(NVSENTINEL_INDEXES)
+            for collection, expected in NVSENTINEL_INDEXES.items():
+                indexes = {i["name"]: i for i in db[collection].list_indexes()}
+                assert set(indexes) - {"_id_"} == set(expected), collection
+                for name, (key, _) in expected.items():
+                    assert [(f, int(d)) for f, d in indexes[name]["key"].items()] == key, name
+            again = ensure_collections(scripts, spec, pymongo_handler(client))
+            assert again.returncode == 0, again.output
+            assert set(again.names()) == {"listCollections", "listIndexes"}, again.names()
+        finally:
+            client.drop_database(database)

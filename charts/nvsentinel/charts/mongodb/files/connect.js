@@ -1,4 +1,5 @@
-// Shared by init-replicaset.js and rotate-certificates.js (mongosh --nodb):
+// Shared by init-replicaset.js, init-collections.js and rotate-certificates.js
+// (mongosh --nodb):
 // connect to mongod over TLS as the root user, presenting NVS_TLS_PEM.
 // Environment: NVS_HOST (host:port), NVS_TLS_CA, NVS_TLS_PEM, NVS_ROOT_USER,
 // NVS_ROOT_PASSWORD_FILE, NVS_TLS_ALLOW_INVALID_HOSTNAMES ("true" for
@@ -13,8 +14,9 @@ function nvsEnv(name) {
   return value;
 }
 
-function nvsCommand(db, command) {
-  const result = db.adminCommand(command);
+// A command's reply, or an Error with the server's code and codeName (mongosh
+// throws those itself; an older shell returns ok: 0).
+function nvsChecked(command, result) {
   if (result.ok !== 1) {
     const error = new Error(`${Object.keys(command)[0]} failed: ${result.errmsg}`);
     error.code = result.code;
@@ -22,6 +24,16 @@ function nvsCommand(db, command) {
     throw error;
   }
   return result;
+}
+
+// A command on the admin database.
+function nvsCommand(db, command) {
+  return nvsChecked(command, db.adminCommand(command));
+}
+
+// A command on db itself.
+function nvsRunCommand(db, command) {
+  return nvsChecked(command, db.runCommand(command));
 }
 
 function nvsConnect(attempts) {

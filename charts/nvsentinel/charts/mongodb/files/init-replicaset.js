@@ -1,13 +1,17 @@
 // Run by the init Job (mongosh --nodb --file). Idempotent: initiates the
 // single-member replica set when it has no configuration yet, waits for it to
-// become primary, then creates or updates the X.509 users in $external.
+// become primary, creates NVSentinel's collections and indexes
+// (init-collections.js), then creates or updates the X.509 users in $external.
 // Environment: connect.js's, plus NVS_SCRIPTS_DIR, NVS_REPLICA_SET,
-// NVS_MEMBER_HOST (host:port clients reach the member at) and NVS_X509_USERS
-// (JSON list of {subject, roles}).
+// NVS_MEMBER_HOST (host:port clients reach the member at), NVS_COLLECTIONS
+// (JSON, see init-collections.js) and NVS_X509_USERS (JSON list of
+// {subject, roles}).
 load(`${process.env.NVS_SCRIPTS_DIR}/connect.js`);
+load(`${process.env.NVS_SCRIPTS_DIR}/init-collections.js`);
 
 const replicaSet = nvsEnv('NVS_REPLICA_SET');
 const member = nvsEnv('NVS_MEMBER_HOST');
+const collections = JSON.parse(nvsEnv('NVS_COLLECTIONS'));
 const users = JSON.parse(nvsEnv('NVS_X509_USERS'));
 
 const admin = nvsConnect(120);
@@ -47,6 +51,8 @@ for (let attempt = 1; ; attempt++) {
   }
   sleep(2000);
 }
+
+nvsEnsureCollections(admin, collections);
 
 const external = admin.getSiblingDB('$external');
 for (const user of users) {
