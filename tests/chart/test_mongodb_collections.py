@@ -6,7 +6,6 @@ against FakeMongoServer (MongoDB's answers, TTL and collMod included)."""
 from __future__ import annotations
 
 import copy
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,6 @@ def test_schema_refuses_an_expiry_outside_mongodbs_range_and_names_the_key(value
     assert "/collectionExpirySeconds" in message
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_rendered_scripts_are_valid_javascript(tmp_path: Path) -> None:
     scripts = lay_out_scripts(render(), tmp_path, "nvsentinel")
     javascript = sorted(scripts.glob("*.js"))
